@@ -1,0 +1,232 @@
+//! `ebb-node`: the reference node, an echo server that drains gracefully.
+//!
+//! Parses flags (each with an `EBB_*` env fallback), sets up tracing, binds, wires SIGTERM and
+//! SIGINT to the drain (a second signal hurries it), and waits. Exit codes: 0 after a drain that
+//! ends in exit, 1 when serving fails, 2 for bad flags.
+
+use clap::builder::TypedValueParser as _;
+use clap::{ArgAction, CommandFactory, Parser, error::ErrorKind};
+use ebb_node::config::{self, ConnectionConfig, DrainConfig, NodeConfig};
+use ebb_node::{Control, DrainRequest, Echo, Node};
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ebb-node",
+    version,
+    about = "A WebSocket echo node that drains gracefully"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "EBB_LISTEN", default_value = config::DEFAULT_LISTEN)]
+    listen: std::net::SocketAddr,
+    /// Stable node name (default: the host name).
+    #[arg(long, env = "EBB_NAME")]
+    name: Option<String>,
+    /// Redis URL; without it the node runs standalone (signals and admin endpoint only).
+    #[arg(long, env = "EBB_REDIS_URL")]
+    redis: Option<String>,
+    /// Cluster name (Redis key prefix).
+    #[arg(long, env = "EBB_CLUSTER", default_value = ebb_proto::keys::DEFAULT_CLUSTER)]
+    cluster: String,
+    /// Bearer token enabling POST /admin/drain and /admin/resume (off without one).
+    #[arg(long, env = "EBB_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Artificial processing delay of the echo app (e.g. 200ms), to hold messages in flight.
+    #[arg(long, env = "EBB_ECHO_DELAY", default_value_t = Duration::ZERO.into())]
+    echo_delay: humantime::Duration,
+
+    /// Pause between flipping readiness and closing anything (load balancer propagation).
+    #[arg(long, env = "EBB_PROPAGATION_DELAY", default_value_t = config::DEFAULT_PROPAGATION_DELAY.into())]
+    propagation_delay: humantime::Duration,
+    /// Send the `server_shutdown` notice before closing.
+    #[arg(long, env = "EBB_NOTICE", action = ArgAction::Set, default_value_t = config::DEFAULT_NOTICE)]
+    notice: bool,
+    /// Text of the notice.
+    #[arg(long, env = "EBB_NOTICE_MESSAGE", default_value = config::DEFAULT_NOTICE_MESSAGE)]
+    notice_message: String,
+    /// Close code of a drain close (1000, 1001, 1012, 1013 or 3000-4999).
+    #[arg(long, env = "EBB_CLOSE_CODE", default_value_t = config::DEFAULT_CLOSE_CODE,
+          value_parser = parse_close_code)]
+    close_code: u16,
+    /// Window over which closes are spread evenly.
+    #[arg(long, env = "EBB_CLOSE_SPREAD", default_value_t = config::DEFAULT_CLOSE_SPREAD.into())]
+    close_spread: humantime::Duration,
+    /// Smallest reconnect delay advised to a client.
+    #[arg(long, env = "EBB_RECONNECT_BASE", default_value_t = config::DEFAULT_RECONNECT_BASE.into())]
+    reconnect_base: humantime::Duration,
+    /// Advised delays are spread over this window above the base.
+    #[arg(long, env = "EBB_RECONNECT_SPREAD", default_value_t = config::DEFAULT_RECONNECT_SPREAD.into())]
+    reconnect_spread: humantime::Duration,
+    /// How long a closing connection may take to answer messages already received.
+    #[arg(long, env = "EBB_INFLIGHT_TIMEOUT", default_value_t = config::DEFAULT_INFLIGHT_TIMEOUT.into())]
+    inflight_timeout: humantime::Duration,
+    /// How long to wait for a client's Close after ours before cutting TCP.
+    #[arg(long, env = "EBB_CLOSE_TIMEOUT", default_value_t = config::DEFAULT_CLOSE_TIMEOUT.into())]
+    close_timeout: humantime::Duration,
+    /// The whole drain ends by then; what is still open is terminated.
+    #[arg(long, env = "EBB_DRAIN_DEADLINE", default_value_t = config::DEFAULT_DRAIN_DEADLINE.into())]
+    drain_deadline: humantime::Duration,
+    /// Ping interval; a peer that missed the previous pong is dropped.
+    #[arg(long, env = "EBB_PING_INTERVAL", default_value_t = config::DEFAULT_PING_INTERVAL.into())]
+    ping_interval: humantime::Duration,
+    /// Largest message or frame accepted, in bytes; larger closes with 1009.
+    #[arg(long, env = "EBB_MAX_MESSAGE_SIZE", default_value_t = config::DEFAULT_MAX_MESSAGE_SIZE,
+          value_parser = clap::value_parser!(u64).range(16..=(64 << 20)).map(|v| v as usize))]
+    max_message_size: usize,
+    /// Per-connection read buffer, in bytes.
+    #[arg(long, env = "EBB_READ_BUFFER_SIZE", default_value_t = config::DEFAULT_READ_BUFFER_SIZE,
+          value_parser = clap::value_parser!(u64).range(64..=(1 << 20)).map(|v| v as usize))]
+    read_buffer_size: usize,
+    /// Messages of one connection processed concurrently before reading pauses.
+    #[arg(long, env = "EBB_MAX_INFLIGHT", default_value_t = config::DEFAULT_MAX_INFLIGHT,
+          value_parser = clap::value_parser!(u64).range(1..=4096).map(|v| v as usize))]
+    max_inflight: usize,
+}
+
+fn parse_close_code(s: &str) -> Result<u16, String> {
+    let code: u16 = s.parse().map_err(|e| format!("{e}"))?;
+    match code {
+        1000 | 1001 | 1012 | 1013 | 3000..=4999 => Ok(code),
+        _ => Err(format!(
+            "{code} cannot be sent in a Close frame; use 1000, 1001, 1012, 1013 or 3000-4999"
+        )),
+    }
+}
+
+impl Args {
+    fn node_config(&self) -> NodeConfig {
+        NodeConfig {
+            drain: DrainConfig {
+                propagation_delay: self.propagation_delay.into(),
+                notice: self.notice,
+                notice_message: self.notice_message.clone(),
+                close_code: self.close_code,
+                close_spread: self.close_spread.into(),
+                reconnect_base: self.reconnect_base.into(),
+                reconnect_spread: self.reconnect_spread.into(),
+                inflight_timeout: self.inflight_timeout.into(),
+                close_timeout: self.close_timeout.into(),
+                deadline: self.drain_deadline.into(),
+            },
+            connection: ConnectionConfig {
+                max_message_size: self.max_message_size,
+                read_buffer_size: self.read_buffer_size,
+                max_inflight: self.max_inflight,
+                ping_interval: self.ping_interval.into(),
+            },
+            admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
+            ..NodeConfig::default()
+        }
+    }
+
+    /// The node name, or a usage error.
+    fn name(&self) -> Result<String, String> {
+        let name = match &self.name {
+            Some(name) => name.clone(),
+            None => gethostname::gethostname().to_string_lossy().into_owned(),
+        };
+        ebb_proto::keys::validate_name(&name)
+            .map(|()| name)
+            .map_err(|e| format!("invalid node name: {e} (set --name)"))
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.ping_interval.is_zero() || args.drain_deadline.is_zero() {
+        Args::command()
+            .error(
+                ErrorKind::InvalidValue,
+                "--ping-interval and --drain-deadline must be positive",
+            )
+            .exit();
+    }
+    let name = args
+        .name()
+        .unwrap_or_else(|e| Args::command().error(ErrorKind::InvalidValue, e).exit());
+    if let Err(e) = ebb_proto::Keys::new(&args.cluster) {
+        Args::command()
+            .error(ErrorKind::InvalidValue, format!("invalid --cluster: {e}"))
+            .exit();
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ebb-node: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, name)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ebb-node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args, name: String) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    // Installed before anything is served, so a signal never meets the default action.
+    let signals = Signals::install().context("cannot install signal handlers")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let node = Node::new(args.node_config(), Echo::with_delay(args.echo_delay.into()));
+    let running = node.start(listener)?;
+    tracing::info!(%name, addr = %running.local_addr(), "ebb-node listening");
+    tokio::spawn(signals.drain_on_signals(running.control().clone()));
+    let report = running.wait().await?;
+    tracing::info!(
+        clean = report.clean,
+        forced = report.forced,
+        duration_ms = report.duration.as_millis() as u64,
+        "exiting"
+    );
+    Ok(())
+}
+
+/// SIGTERM and SIGINT, which both mean "drain".
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+
+    /// First signal: drain then exit. Every later one: hurry.
+    async fn drain_on_signals(mut self, control: Control) {
+        let first = self.next().await;
+        tracing::info!(signal = first, "draining; send it again to finish fast");
+        control.drain(DrainRequest::exit(first));
+        loop {
+            let again = self.next().await;
+            tracing::info!(signal = again, "second signal: skipping pacing");
+            control.hurry();
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! The handle through which anything triggers a drain: the binary's signal handlers, the admin
+//! endpoint, the Redis agent, or an embedding application. All of them end in the same request
+//! queue, read by one drain controller, so there is one drain code path.
+
+use ebb_proto::NodeState;
+use ebb_proto::command::Then;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// A request to start draining.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainRequest {
+    /// Exit once drained, or stay drained until resumed.
+    pub then: Then,
+    /// Overrides the configured drain deadline.
+    pub deadline: Option<Duration>,
+    /// Who asked, for the logs and the report (`SIGTERM`, `admin`, `command <id>`...).
+    pub trigger: String,
+}
+
+impl DrainRequest {
+    /// A drain that ends in exit, asked by `trigger`.
+    pub fn exit(trigger: impl Into<String>) -> Self {
+        DrainRequest {
+            then: Then::Exit,
+            deadline: None,
+            trigger: trigger.into(),
+        }
+    }
+
+    /// A drain that stays drained until resumed, asked by `trigger`.
+    pub fn stay(trigger: impl Into<String>) -> Self {
+        DrainRequest {
+            then: Then::Stay,
+            ..DrainRequest::exit(trigger)
+        }
+    }
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Who asked.
+    pub trigger: String,
+    /// Exit or stay.
+    pub then: Then,
+    /// Connections open when the closing phase began.
+    pub connections: u64,
+    /// Closes whose handshake completed (including clients that closed first during the drain).
+    pub clean: u64,
+    /// Connections cut: no Close answer in time, or still open at the deadline.
+    pub forced: u64,
+    /// From the start of the drain to the last connection gone.
+    pub duration: Duration,
+    /// Whether the deadline ended it.
+    pub deadline_hit: bool,
+}
+
+/// Messages to the drain controller.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Drain(DrainRequest),
+    /// Skip what is left of pacing and waits (a second signal); starts an exit drain if idle.
+    Hurry,
+    /// Become active again (from draining or drained-and-staying).
+    Resume,
+}
+
+/// A cloneable handle on a running node's lifecycle.
+#[derive(Debug, Clone)]
+pub struct Control {
+    pub(crate) requests: mpsc::UnboundedSender<Request>,
+    pub(crate) state: watch::Receiver<NodeState>,
+    pub(crate) connections: watch::Receiver<usize>,
+    pub(crate) report: watch::Receiver<Option<DrainReport>>,
+}
+
+impl Control {
+    /// Starts a drain (no-op while one is running, except that `then: exit` upgrades a `stay`).
+    pub fn drain(&self, request: DrainRequest) {
+        let _ = self.requests.send(Request::Drain(request));
+    }
+
+    /// Finishes fast: skips remaining pacing; starts an exit drain when none is running.
+    pub fn hurry(&self) {
+        let _ = self.requests.send(Request::Hurry);
+    }
+
+    /// Becomes active again after a drain that stays (or stops a drain in progress).
+    pub fn resume(&self) {
+        let _ = self.requests.send(Request::Resume);
+    }
+
+    /// The lifecycle state now.
+    pub fn state(&self) -> NodeState {
+        *self.state.borrow()
+    }
+
+    /// Follows the lifecycle state.
+    pub fn subscribe_state(&self) -> watch::Receiver<NodeState> {
+        self.state.clone()
+    }
+
+    /// Live connections now.
+    pub fn connections(&self) -> usize {
+        *self.connections.borrow()
+    }
+
+    /// Follows the live connection count.
+    pub fn subscribe_connections(&self) -> watch::Receiver<usize> {
+        self.connections.clone()
+    }
+
+    /// Follows drain reports (the latest finished drain).
+    pub fn subscribe_reports(&self) -> watch::Receiver<Option<DrainReport>> {
+        self.report.clone()
+    }
+}

@@ -1,0 +1,271 @@
+//! The drain controller: the one code path every trigger ends in.
+//!
+//! 1. flip readiness (state `draining`: `/health` 503, upgrades 503, the Redis record follows);
+//! 2. wait the propagation delay;
+//! 3. take the connections and, with the notice on, send each its `server_shutdown` notice;
+//! 4. order each connection closed at its slot of the schedule ([`crate::pacing`]); each one
+//!    answers what it received, sends Close with its advised delay and awaits the client's;
+//! 5. wait for the count to reach zero, or the deadline, which terminates what is left;
+//! 6. report clean and forced closes, state `drained`; then exit, or wait for `resume`.
+//!
+//! A `hurry` (second signal) skips what is left of steps 2 and 4. A `resume` stops the drain:
+//! connections already told to close finish closing, the rest stay, readiness flips back.
+
+use crate::app::App;
+use crate::control::{DrainReport, DrainRequest, Request};
+use crate::pacing::{self, Slot};
+use crate::registry::CloseOrder;
+use crate::shared::Shared;
+use ebb_proto::command::Then;
+use ebb_proto::{CloseReason, NodeState, ShutdownNotice};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::sync::CancellationToken;
+
+/// How long terminated socket tasks get to finish after the deadline.
+const TERMINATE_GRACE: Duration = Duration::from_secs(1);
+
+/// Runs drains as they are requested. Returns the report of the drain that ends in exit, after
+/// cancelling `exit` (which stops the HTTP server).
+pub(crate) async fn controller<A: App>(
+    shared: Arc<Shared<A>>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    exit: CancellationToken,
+) -> DrainReport {
+    loop {
+        let (request, hurried) = match requests.recv().await {
+            Some(Request::Drain(request)) => (request, false),
+            Some(Request::Hurry) => (DrainRequest::exit("hurry"), true),
+            Some(Request::Resume) => continue,
+            // Shared holds a sender, so the queue never closes while the node runs.
+            None => std::future::pending().await,
+        };
+        let Some(mut report) = drain(&shared, &mut requests, request, hurried).await else {
+            resume(&shared);
+            continue;
+        };
+        shared.report.send_replace(Some(report.clone()));
+        if report.then == Then::Stay && stay_drained(&mut requests, &mut report).await {
+            resume(&shared);
+            continue;
+        }
+        exit.cancel();
+        return report;
+    }
+}
+
+/// Drained and staying: waits for a resume (`true`), or for a reason to exit after all (a drain
+/// asking for exit, or a hurry), which sets `report.then` and returns `false`.
+async fn stay_drained(
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    report: &mut DrainReport,
+) -> bool {
+    loop {
+        match requests.recv().await {
+            Some(Request::Resume) => return true,
+            Some(Request::Drain(request)) if request.then == Then::Exit => break,
+            Some(Request::Hurry) => break,
+            Some(Request::Drain(_)) => {}
+            None => std::future::pending().await,
+        }
+    }
+    tracing::info!("drained node told to exit");
+    report.then = Then::Exit;
+    false
+}
+
+fn resume<A: App>(shared: &Shared<A>) {
+    shared.registry.end_closing();
+    shared.renew_terminate_token();
+    shared.set_state(NodeState::Active);
+    tracing::info!(
+        connections = shared.registry.count(),
+        "resumed: accepting connections"
+    );
+}
+
+/// What interrupted a wait.
+enum Interrupt {
+    /// The time came (or a hurry made it come now).
+    Elapsed,
+    Resume,
+}
+
+/// Waits until `until`, serving requests meanwhile: a hurry ends the wait (and all later waits),
+/// a resume is returned, a drain with `then: exit` upgrades `then`.
+async fn wait(
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    until: Instant,
+    hurried: &mut bool,
+    then: &mut Then,
+) -> Interrupt {
+    while !*hurried {
+        tokio::select! {
+            _ = sleep_until(until) => return Interrupt::Elapsed,
+            request = requests.recv() => match request {
+                Some(Request::Hurry) => {
+                    tracing::info!("hurry: skipping the rest of the pacing");
+                    *hurried = true;
+                }
+                Some(Request::Resume) => return Interrupt::Resume,
+                Some(Request::Drain(request)) => {
+                    if request.then == Then::Exit {
+                        *then = Then::Exit;
+                    }
+                }
+                None => sleep_until(until).await,
+            },
+        }
+    }
+    Interrupt::Elapsed
+}
+
+/// One drain. `None` when it was resumed before the end.
+async fn drain<A: App>(
+    shared: &Shared<A>,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    request: DrainRequest,
+    mut hurried: bool,
+) -> Option<DrainReport> {
+    let config = &shared.config.drain;
+    let started = Instant::now();
+    let deadline = started + request.deadline.unwrap_or(config.deadline);
+    let mut then = request.then;
+    shared.tally.clean.store(0, Ordering::Relaxed);
+    shared.tally.forced.store(0, Ordering::Relaxed);
+    shared.set_state(NodeState::Draining);
+    tracing::info!(
+        trigger = %request.trigger,
+        %then,
+        connections = shared.registry.count(),
+        "drain started: readiness flipped, new upgrades refused"
+    );
+
+    if let Interrupt::Resume = wait(
+        requests,
+        started + config.propagation_delay,
+        &mut hurried,
+        &mut then,
+    )
+    .await
+    {
+        return None;
+    }
+
+    let order = |retry_after: Duration| CloseOrder {
+        code: config.close_code,
+        reason: CloseReason::draining(retry_after.as_millis() as u64).encode(),
+        inflight_timeout: config.inflight_timeout,
+        close_timeout: config.close_timeout,
+    };
+    let mailboxes = shared
+        .registry
+        .begin_closing(order(config.reconnect_base + config.reconnect_spread));
+    let spread = if hurried {
+        Duration::ZERO
+    } else {
+        config.close_spread
+    };
+    let slots = pacing::schedule(
+        mailboxes.len(),
+        spread,
+        config.reconnect_base,
+        config.reconnect_spread,
+    );
+    let closing = Instant::now();
+    if config.notice {
+        let now_ms = ebb_proto::time::now_ms();
+        for (mailbox, slot) in mailboxes.iter().zip(&slots) {
+            let notice = ShutdownNotice::new(
+                config.notice_message.clone(),
+                slot.reconnect_at().as_millis() as u64,
+                now_ms,
+            );
+            mailbox.notice(notice.encode());
+        }
+    }
+    for (mailbox, slot) in mailboxes.iter().zip(&slots) {
+        if let Interrupt::Resume =
+            wait(requests, closing + slot.close_at, &mut hurried, &mut then).await
+        {
+            return None;
+        }
+        mailbox.close(order(advised(slot, closing, hurried)));
+    }
+    drop(mailboxes);
+
+    let mut count = shared.registry.subscribe();
+    let mut deadline_hit = false;
+    loop {
+        tokio::select! {
+            () = all_closed(&mut count) => break,
+            _ = sleep_until(deadline) => {
+                deadline_hit = true;
+                let left = shared.registry.count();
+                tracing::warn!(left, "drain deadline: terminating the connections still open");
+                shared.terminate_token().cancel();
+                let mut after = shared.registry.subscribe();
+                if timeout(TERMINATE_GRACE, all_closed(&mut after)).await.is_err() {
+                    tracing::error!(left = shared.registry.count(), "connections outlived termination");
+                }
+                break;
+            }
+            request = requests.recv() => match request {
+                Some(Request::Resume) => return None,
+                Some(Request::Drain(request)) if request.then == Then::Exit => then = Then::Exit,
+                _ => {}
+            },
+        }
+    }
+
+    let report = DrainReport {
+        trigger: request.trigger,
+        then,
+        connections: slots.len() as u64,
+        clean: shared.tally.clean.load(Ordering::Relaxed),
+        forced: shared.tally.forced.load(Ordering::Relaxed),
+        duration: started.elapsed(),
+        deadline_hit,
+    };
+    shared
+        .metrics
+        .drain_done(report.duration.as_secs_f64(), report.clean, report.forced);
+    shared.set_state(NodeState::Drained);
+    if report.forced == 0 {
+        tracing::info!(
+            clean = report.clean,
+            duration_ms = report.duration.as_millis() as u64,
+            then = %report.then,
+            "drain finished: every connection closed cleanly"
+        );
+    } else {
+        tracing::warn!(
+            clean = report.clean,
+            forced = report.forced,
+            deadline_hit,
+            duration_ms = report.duration.as_millis() as u64,
+            then = %report.then,
+            "drain finished: some connections were forced"
+        );
+    }
+    Some(report)
+}
+
+/// Resolves when the connection count is zero. (The watch guard is dropped before returning, so
+/// the future stays `Send`.)
+async fn all_closed(count: &mut tokio::sync::watch::Receiver<usize>) {
+    let _ = count.wait_for(|n| *n == 0).await.map(|_| ());
+}
+
+/// The delay to advise a connection closed now: its slot's, or when pacing was skipped, the one
+/// that keeps its planned reconnect moment.
+fn advised(slot: &Slot, closing: Instant, hurried: bool) -> Duration {
+    if hurried {
+        slot.retry_after_if_closed_at(closing.elapsed())
+    } else {
+        slot.retry_after
+    }
+}

@@ -1,0 +1,147 @@
+//! ebb-node: graceful drains for axum WebSocket servers.
+//!
+//! A node serves WebSocket clients on `/ws` through an [`App`] and, when told to drain (SIGTERM in
+//! the binary, `POST /admin/drain`, a Redis command, or [`Control::drain`] from an embedding
+//! application), runs one drain sequence: readiness flips, new upgrades get 503 + `Retry-After`,
+//! clients get a notice, each connection answers what it already received and is closed 1001 at
+//! its slot of a paced schedule with its own advised reconnect delay, the close handshake is
+//! awaited (bounded), and a deadline ends whatever is left. axum's graceful shutdown does not see
+//! upgraded connections, so every socket task is tracked here.
+//!
+//! The library never installs signal handlers: it takes a listener and hands back a [`Running`]
+//! node whose [`Control`] the caller wires to whatever triggers it has.
+//!
+//! Layout:
+//! - [`config`]: every timing and limit, with its default;
+//! - [`app`]: the [`App`] trait and the reference [`Echo`] app;
+//! - [`control`]: [`Control`], the handle every trigger uses, and [`DrainReport`];
+//! - `drain`: the drain controller (one code path);
+//! - [`pacing`]: the close schedule and advised delays;
+//! - `registry`: live connections and the mailbox the drain talks to each through;
+//! - `socket`: one connection's loop, generic over `Sink` + `Stream`;
+//! - `upgrade`, `http`: the HTTP surface (`/ws`, `/health`, `/metrics`, `/admin/*`);
+//! - [`metrics`]: Prometheus metrics;
+//! - the Redis agent (registration, heartbeat, commands, events) lands with the coordinator.
+
+pub mod app;
+pub mod config;
+pub mod control;
+mod drain;
+mod http;
+pub mod metrics;
+pub mod pacing;
+mod registry;
+mod shared;
+mod socket;
+mod upgrade;
+
+pub use app::{App, Echo};
+pub use config::NodeConfig;
+pub use control::{Control, DrainReport, DrainRequest};
+pub use ebb_proto::command::Then;
+pub use metrics::Metrics;
+
+use axum::serve::ListenerExt;
+use shared::Shared;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A node, configured but not yet serving.
+#[derive(Debug)]
+pub struct Node<A> {
+    shared: Arc<Shared<A>>,
+    requests: mpsc::UnboundedReceiver<control::Request>,
+}
+
+impl<A: App> Node<A> {
+    /// A node serving `app` with `config`.
+    pub fn new(config: NodeConfig, app: A) -> Self {
+        let (tx, requests) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::new(config, app, Arc::default(), tx));
+        Node { shared, requests }
+    }
+
+    /// The handle to drain, hurry, resume and observe the node.
+    pub fn control(&self) -> Control {
+        Control {
+            requests: self.shared.requests.clone(),
+            state: self.shared.state.subscribe(),
+            connections: self.shared.registry.subscribe(),
+            report: self.shared.report.subscribe(),
+        }
+    }
+
+    /// The node's metrics (the Redis agent counts commands here).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Starts serving on `listener` and becomes active. The returned [`Running`] resolves when a
+    /// drain that ends in exit has finished.
+    pub fn start(self, listener: TcpListener) -> io::Result<Running> {
+        let local_addr = listener.local_addr()?;
+        let control = self.control();
+        let Node { shared, requests } = self;
+        let exit = CancellationToken::new();
+        let controller = tokio::spawn(drain::controller(shared.clone(), requests, exit.clone()));
+        let router = http::router(shared.clone());
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        shared.set_state(ebb_proto::NodeState::Active);
+        tracing::info!(%local_addr, "node active");
+        let task = tokio::spawn(async move {
+            let server = axum::serve(listener, router)
+                .with_graceful_shutdown(exit.clone().cancelled_owned())
+                .into_future();
+            let http_grace = async {
+                exit.cancelled().await;
+                tokio::time::sleep(shared.config.http_shutdown_timeout).await;
+            };
+            tokio::select! {
+                served = server => served?,
+                () = http_grace => tracing::warn!("HTTP requests outlived the shutdown timeout"),
+            }
+            let report = controller.await.map_err(io::Error::other)?;
+            shared.sockets.close();
+            shared.sockets.wait().await;
+            Ok(report)
+        });
+        Ok(Running {
+            local_addr,
+            control,
+            task,
+        })
+    }
+}
+
+/// A serving node.
+#[derive(Debug)]
+pub struct Running {
+    local_addr: SocketAddr,
+    control: Control,
+    task: JoinHandle<io::Result<DrainReport>>,
+}
+
+impl Running {
+    /// The address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The node's control handle.
+    pub fn control(&self) -> &Control {
+        &self.control
+    }
+
+    /// Waits until a drain that ends in exit has finished and the server has stopped.
+    /// Cancel safe only in the sense that dropping it leaves the node running detached.
+    pub async fn wait(self) -> io::Result<DrainReport> {
+        self.task.await.map_err(io::Error::other)?
+    }
+}

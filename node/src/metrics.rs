@@ -1,0 +1,311 @@
+//! What a node counts, exposed at `GET /metrics` in Prometheus text format (prometheus-client).
+
+use ebb_proto::NodeState;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// How a connection ended, as counted in `ebb_closes_total{kind}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseKind {
+    /// Drain close whose handshake the client completed.
+    DrainClean,
+    /// Drain close cut because the client did not answer in time, or the drain deadline hit.
+    DrainForced,
+    /// The client sent Close first.
+    ClientClose,
+    /// TCP ended without a Close frame.
+    PeerGone,
+    /// No pong to the previous ping.
+    DeadPeer,
+    /// Closed by the node for a bad frame (1002, 1007, 1009).
+    Rejected,
+}
+
+impl CloseKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseKind::DrainClean => "drain_clean",
+            CloseKind::DrainForced => "drain_forced",
+            CloseKind::ClientClose => "client_close",
+            CloseKind::PeerGone => "peer_gone",
+            CloseKind::DeadPeer => "dead_peer",
+            CloseKind::Rejected => "rejected",
+        }
+    }
+
+    const ALL: [CloseKind; 6] = [
+        CloseKind::DrainClean,
+        CloseKind::DrainForced,
+        CloseKind::ClientClose,
+        CloseKind::PeerGone,
+        CloseKind::DeadPeer,
+        CloseKind::Rejected,
+    ];
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CodeLabel {
+    code: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ActionLabel {
+    action: &'static str,
+}
+
+/// Every metric of a node.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    connections: Gauge,
+    state: Family<StateLabel, Gauge>,
+    messages_received: Counter,
+    messages_answered: Counter,
+    messages_discarded: Counter,
+    inflight_abandoned: Counter,
+    closes: Family<KindLabel, Counter>,
+    rejected: Family<CodeLabel, Counter>,
+    upgrades_refused: Counter,
+    drains: Counter,
+    last_drain_seconds: Gauge<f64, AtomicU64>,
+    last_drain_clean: Gauge,
+    last_drain_forced: Gauge,
+    commands_applied: Family<ActionLabel, Counter>,
+    commands_refused: Family<ReasonLabel, Counter>,
+    redis_connected: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("ebb");
+        let metrics = Metrics {
+            connections: Gauge::default(),
+            state: Family::default(),
+            messages_received: Counter::default(),
+            messages_answered: Counter::default(),
+            messages_discarded: Counter::default(),
+            inflight_abandoned: Counter::default(),
+            closes: Family::default(),
+            rejected: Family::default(),
+            upgrades_refused: Counter::default(),
+            drains: Counter::default(),
+            last_drain_seconds: Gauge::default(),
+            last_drain_clean: Gauge::default(),
+            last_drain_forced: Gauge::default(),
+            commands_applied: Family::default(),
+            commands_refused: Family::default(),
+            redis_connected: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "connections",
+            "Open WebSocket connections",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "node_state",
+            "1 for the node's current lifecycle state",
+            metrics.state.clone(),
+        );
+        registry.register(
+            "messages_received",
+            "Data messages received and handed to the app",
+            metrics.messages_received.clone(),
+        );
+        registry.register(
+            "messages_answered",
+            "Replies sent",
+            metrics.messages_answered.clone(),
+        );
+        registry.register(
+            "messages_discarded",
+            "Data messages that arrived after the node's Close and were not processed",
+            metrics.messages_discarded.clone(),
+        );
+        registry.register(
+            "inflight_abandoned",
+            "Messages whose processing outlived the in-flight timeout of a drain",
+            metrics.inflight_abandoned.clone(),
+        );
+        registry.register(
+            "closes",
+            "Connections ended, by how",
+            metrics.closes.clone(),
+        );
+        registry.register(
+            "rejected_frames",
+            "Connections closed for a bad frame, by close code",
+            metrics.rejected.clone(),
+        );
+        registry.register(
+            "upgrades_refused",
+            "Upgrade requests refused with 503 while not active",
+            metrics.upgrades_refused.clone(),
+        );
+        registry.register("drains", "Drains completed", metrics.drains.clone());
+        registry.register(
+            "last_drain_seconds",
+            "Duration of the last drain",
+            metrics.last_drain_seconds.clone(),
+        );
+        registry.register(
+            "last_drain_clean_closes",
+            "Clean closes of the last drain",
+            metrics.last_drain_clean.clone(),
+        );
+        registry.register(
+            "last_drain_forced_closes",
+            "Forced closes of the last drain",
+            metrics.last_drain_forced.clone(),
+        );
+        registry.register(
+            "commands_applied",
+            "Redis commands obeyed, by action",
+            metrics.commands_applied.clone(),
+        );
+        registry.register(
+            "commands_refused",
+            "Redis commands refused, by reason",
+            metrics.commands_refused.clone(),
+        );
+        registry.register(
+            "redis_connected",
+            "1 while the node's Redis agent is connected",
+            metrics.redis_connected.clone(),
+        );
+        for kind in CloseKind::ALL {
+            let _ = metrics.closes.get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            });
+        }
+        for reason in ebb_proto::Refusal::LABELS {
+            let _ = metrics
+                .commands_refused
+                .get_or_create(&ReasonLabel { reason });
+        }
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+}
+
+impl Metrics {
+    pub(crate) fn received(&self) {
+        self.messages_received.inc();
+    }
+    pub(crate) fn answered(&self) {
+        self.messages_answered.inc();
+    }
+    pub(crate) fn discarded(&self) {
+        self.messages_discarded.inc();
+    }
+    pub(crate) fn abandoned(&self, n: u64) {
+        self.inflight_abandoned.inc_by(n);
+    }
+    pub(crate) fn closed(&self, kind: CloseKind) {
+        self.closes
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .inc();
+    }
+    pub(crate) fn rejected(&self, code: u16) {
+        self.rejected.get_or_create(&CodeLabel { code }).inc();
+    }
+    pub(crate) fn upgrade_refused(&self) {
+        self.upgrades_refused.inc();
+    }
+    pub(crate) fn drain_done(&self, seconds: f64, clean: u64, forced: u64) {
+        self.drains.inc();
+        self.last_drain_seconds.set(seconds);
+        self.last_drain_clean.set(clean as i64);
+        self.last_drain_forced.set(forced as i64);
+    }
+    /// Counts a command obeyed.
+    pub fn command_applied(&self, action: &'static str) {
+        self.commands_applied
+            .get_or_create(&ActionLabel { action })
+            .inc();
+    }
+    /// Counts a command refused.
+    pub fn command_refused(&self, reason: &'static str) {
+        self.commands_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+    }
+    /// Records whether the Redis agent is connected.
+    pub fn redis_connected(&self, up: bool) {
+        self.redis_connected.set(up as i64);
+    }
+
+    /// The Prometheus text exposition, with the gauges read at this moment.
+    pub fn render(&self, state: NodeState, connections: usize) -> String {
+        self.connections.set(connections as i64);
+        for s in NodeState::ALL {
+            self.state
+                .get_or_create(&StateLabel { state: s.as_str() })
+                .set((s == state) as i64);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let metrics = Metrics::default();
+        metrics.received();
+        metrics.closed(CloseKind::DrainForced);
+        metrics.command_refused("replayed");
+        let text = metrics.render(NodeState::Draining, 7);
+        assert!(text.contains("ebb_connections 7"), "{text}");
+        assert!(
+            text.contains(r#"ebb_node_state{state="draining"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ebb_node_state{state="active"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains("ebb_messages_received_total 1"), "{text}");
+        assert!(
+            text.contains(r#"ebb_closes_total{kind="drain_forced"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ebb_closes_total{kind="drain_clean"} 0"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ebb_commands_refused_total{reason="replayed"} 1"#),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,112 @@
+//! The close schedule of a drain: when each connection is closed and what delay it is advised.
+//!
+//! Connection `i` of `n` is closed at `spread * i / n` after the drain's closing phase starts and
+//! advised to wait `base + reconnect_spread * i / n`. Both grow with `i`, so the moments clients
+//! come back (`close + delay`) are evenly spaced over `base .. base + spread + reconnect_spread`:
+//! the surviving nodes see a flat reconnect rate instead of a storm. When pacing is skipped (a
+//! second signal), the remaining clients are closed at once but advised the delay that keeps their
+//! planned reconnect moment, so skipping pacing speeds the exit without bunching reconnects.
+
+use std::time::Duration;
+
+/// One connection's place in the schedule, as offsets from the start of the closing phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    /// When to send this connection its Close.
+    pub close_at: Duration,
+    /// The reconnect delay its close reason advises, counted from its Close.
+    pub retry_after: Duration,
+}
+
+impl Slot {
+    /// When the client is expected back, from the start of the closing phase.
+    pub fn reconnect_at(&self) -> Duration {
+        self.close_at + self.retry_after
+    }
+
+    /// The delay to advise when this slot is closed early at `now` (pacing skipped): the client's
+    /// planned reconnect moment is kept.
+    pub fn retry_after_if_closed_at(&self, now: Duration) -> Duration {
+        self.reconnect_at().saturating_sub(now)
+    }
+}
+
+/// The schedule for `n` connections.
+pub fn schedule(
+    n: usize,
+    spread: Duration,
+    base: Duration,
+    reconnect_spread: Duration,
+) -> Vec<Slot> {
+    (0..n)
+        .map(|i| Slot {
+            close_at: fraction(spread, i, n),
+            retry_after: base + fraction(reconnect_spread, i, n),
+        })
+        .collect()
+}
+
+fn fraction(window: Duration, i: usize, n: usize) -> Duration {
+    if n == 0 {
+        return Duration::ZERO;
+    }
+    let nanos = window.as_nanos() * i as u128 / n as u128;
+    Duration::from_nanos(nanos as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn closes_are_evenly_spread() {
+        let slots = schedule(4, ms(1000), ms(100), ms(400));
+        let closes: Vec<_> = slots.iter().map(|s| s.close_at).collect();
+        assert_eq!(closes, [ms(0), ms(250), ms(500), ms(750)]);
+        let delays: Vec<_> = slots.iter().map(|s| s.retry_after).collect();
+        assert_eq!(delays, [ms(100), ms(200), ms(300), ms(400)]);
+    }
+
+    #[test]
+    fn reconnects_are_flat() {
+        let n = 10_000;
+        let slots = schedule(n, ms(10_000), ms(0), ms(2_000));
+        // 100 ms buckets over the whole reconnect window hold the same count (±1).
+        let mut buckets = vec![0usize; 120];
+        for slot in &slots {
+            buckets[(slot.reconnect_at().as_millis() / 100) as usize] += 1;
+        }
+        let mean = n as f64 / buckets.len() as f64;
+        for (i, &b) in buckets.iter().enumerate() {
+            assert!((b as f64 - mean).abs() <= 1.0, "bucket {i}: {b} vs {mean}");
+        }
+    }
+
+    #[test]
+    fn closing_early_keeps_the_planned_reconnect() {
+        let slots = schedule(10, ms(10_000), ms(0), ms(1_000));
+        let now = ms(2_000);
+        for slot in &slots[3..] {
+            assert_eq!(
+                now + slot.retry_after_if_closed_at(now),
+                slot.reconnect_at()
+            );
+        }
+        assert_eq!(slots[0].retry_after_if_closed_at(now), Duration::ZERO);
+    }
+
+    #[test]
+    fn empty_and_zero_windows() {
+        assert!(schedule(0, ms(1000), ms(0), ms(0)).is_empty());
+        let slots = schedule(3, Duration::ZERO, ms(50), Duration::ZERO);
+        assert!(
+            slots
+                .iter()
+                .all(|s| s.close_at.is_zero() && s.retry_after == ms(50))
+        );
+    }
+}

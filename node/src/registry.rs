@@ -1,0 +1,214 @@
+//! The live connections of a node, and the mailbox through which the drain talks to each one.
+//!
+//! Each connection owns a [`ConnGuard`]; dropping it (when the socket task ends, however it ends)
+//! removes the connection and decrements the count, so the count cannot drift from reality. The
+//! drain never touches a socket: it leaves orders in a connection's [`Mailbox`] and wakes it.
+//!
+//! A mailbox is a `Notify` and a small mutex-guarded slot rather than a channel, because a node
+//! holds tens of thousands of idle connections and a tokio mpsc channel allocates a block of
+//! slots up front: the mailbox costs about a hundred bytes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+/// What a connection must do to close itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CloseOrder {
+    /// Close code to send (1001 by default).
+    pub code: u16,
+    /// The close reason text (JSON with `retry_after_ms`).
+    pub reason: String,
+    /// How long messages already received may take to be answered.
+    pub inflight_timeout: Duration,
+    /// How long to wait for the client's Close after ours.
+    pub close_timeout: Duration,
+}
+
+/// Orders waiting for a connection.
+#[derive(Debug, Default)]
+pub(crate) struct Orders {
+    /// A text notice to send now.
+    pub notice: Option<String>,
+    /// Close the connection.
+    pub close: Option<CloseOrder>,
+}
+
+/// A connection's mailbox.
+#[derive(Debug, Default)]
+pub(crate) struct Mailbox {
+    wake: Notify,
+    orders: Mutex<Orders>,
+}
+
+impl Mailbox {
+    /// Leaves a notice for the connection.
+    pub fn notice(&self, text: String) {
+        self.orders.lock().expect("mailbox lock").notice = Some(text);
+        self.wake.notify_one();
+    }
+
+    /// Orders the connection to close. A later order replaces one not yet picked up.
+    pub fn close(&self, order: CloseOrder) {
+        self.orders.lock().expect("mailbox lock").close = Some(order);
+        self.wake.notify_one();
+    }
+
+    /// Waits for orders and takes them. Cancel safe: orders stay in the slot until taken, and a
+    /// wake-up that arrives while nobody waits is kept by the `Notify` permit.
+    pub async fn next(&self) -> Orders {
+        loop {
+            self.wake.notified().await;
+            let orders = std::mem::take(&mut *self.orders.lock().expect("mailbox lock"));
+            if orders.notice.is_some() || orders.close.is_some() {
+                return orders;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    conns: HashMap<u64, Arc<Mailbox>>,
+    /// While draining: the order given to a connection registered after the drain's snapshot
+    /// (an upgrade that raced the readiness flip), so none slips through open.
+    late_close: Option<CloseOrder>,
+}
+
+/// The registry of live connections.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    inner: Mutex<Inner>,
+    count: watch::Sender<usize>,
+    next_id: AtomicU64,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            inner: Mutex::default(),
+            count: watch::Sender::new(0),
+            next_id: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Proof that a connection is registered; dropping it deregisters the connection.
+#[derive(Debug)]
+pub(crate) struct ConnGuard {
+    id: u64,
+    registry: Arc<Registry>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let removed = self
+            .registry
+            .inner
+            .lock()
+            .expect("registry lock")
+            .conns
+            .remove(&self.id)
+            .is_some();
+        if removed {
+            self.registry.count.send_modify(|n| *n -= 1);
+        }
+    }
+}
+
+impl Registry {
+    /// Registers a new connection.
+    pub fn register(self: &Arc<Self>) -> (Arc<Mailbox>, ConnGuard) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mailbox = Arc::new(Mailbox::default());
+        let late_close = {
+            let mut inner = self.inner.lock().expect("registry lock");
+            inner.conns.insert(id, mailbox.clone());
+            inner.late_close.clone()
+        };
+        self.count.send_modify(|n| *n += 1);
+        if let Some(order) = late_close {
+            mailbox.close(order);
+        }
+        let guard = ConnGuard {
+            id,
+            registry: self.clone(),
+        };
+        (mailbox, guard)
+    }
+
+    /// Starts a drain's closing phase: returns every live connection's mailbox, and from now on
+    /// orders each newly registered connection to close with `late_close`.
+    pub fn begin_closing(&self, late_close: CloseOrder) -> Vec<Arc<Mailbox>> {
+        let mut inner = self.inner.lock().expect("registry lock");
+        inner.late_close = Some(late_close);
+        inner.conns.values().cloned().collect()
+    }
+
+    /// Ends the closing phase (resume): new connections stay open again.
+    pub fn end_closing(&self) {
+        self.inner.lock().expect("registry lock").late_close = None;
+    }
+
+    /// Live connections now.
+    pub fn count(&self) -> usize {
+        *self.count.borrow()
+    }
+
+    /// Follows the live connection count.
+    pub fn subscribe(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn order() -> CloseOrder {
+        CloseOrder {
+            code: 1001,
+            reason: "r".into(),
+            inflight_timeout: Duration::from_secs(1),
+            close_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn guards_keep_the_count() {
+        let registry = Arc::new(Registry::default());
+        let mut count = registry.subscribe();
+        let (_a, guard_a) = registry.register();
+        let (_b, guard_b) = registry.register();
+        assert_eq!(registry.count(), 2);
+        drop(guard_a);
+        assert_eq!(registry.count(), 1);
+        drop(guard_b);
+        count.wait_for(|n| *n == 0).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn late_connections_are_ordered_to_close() {
+        let registry = Arc::new(Registry::default());
+        let (_early, _g1) = registry.register();
+        let snapshot = registry.begin_closing(order());
+        assert_eq!(snapshot.len(), 1);
+        let (late, _g2) = registry.register();
+        assert_eq!(late.next().await.close, Some(order()));
+        registry.end_closing();
+        let (after, _g3) = registry.register();
+        assert!(after.orders.lock().unwrap().close.is_none());
+    }
+
+    #[tokio::test]
+    async fn orders_left_before_waiting_are_not_lost() {
+        let mailbox = Mailbox::default();
+        mailbox.notice("n".into());
+        mailbox.close(order());
+        let orders = mailbox.next().await;
+        assert_eq!(orders.notice.as_deref(), Some("n"));
+        assert_eq!(orders.close, Some(order()));
+    }
+}

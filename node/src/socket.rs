@@ -1,0 +1,217 @@
+//! One connection's loop, from upgrade to the end, generic over any `Sink` + `Stream` of
+//! tungstenite messages so it is tested with in-memory channels and paused time.
+//!
+//! Open: read data messages (cancel-safe `next()`), hand them to the app (at most `max_inflight`
+//! at once, replies in arrival order), ping on an interval and drop a peer that missed the
+//! previous pong, answer a client's Close. Closing (a drain order): stop reading, answer every
+//! message already received (bounded by the in-flight timeout), send the Close with the reconnect
+//! hint, then read only to see the client's Close, discarding any data (nothing is processed
+//! after our Close), bounded by the close timeout. The drain deadline (`terminate`) ends every
+//! state at once.
+
+use crate::app::App;
+use crate::config::ConnectionConfig;
+use crate::metrics::{CloseKind, Metrics};
+use crate::registry::{CloseOrder, Mailbox};
+use ebb_proto::close;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Closed by a drain order; `clean` when the client answered our Close in time.
+    Drained { clean: bool },
+    /// The client sent Close first (the node answered it).
+    ClientClosed,
+    /// TCP ended without a Close, or a write failed.
+    Gone,
+    /// The client missed a pong.
+    Dead,
+    /// The node closed it for a bad frame with this code; the transport should linger so the
+    /// client reads the Close before the TCP connection goes.
+    Rejected { code: u16 },
+    /// The drain deadline cut it.
+    Terminated,
+}
+
+impl Outcome {
+    /// The metric kind.
+    pub fn kind(self) -> CloseKind {
+        match self {
+            Outcome::Drained { clean: true } => CloseKind::DrainClean,
+            Outcome::Drained { clean: false } | Outcome::Terminated => CloseKind::DrainForced,
+            Outcome::ClientClosed => CloseKind::ClientClose,
+            Outcome::Gone => CloseKind::PeerGone,
+            Outcome::Dead => CloseKind::DeadPeer,
+            Outcome::Rejected { .. } => CloseKind::Rejected,
+        }
+    }
+}
+
+/// What the loop needs besides the transport.
+#[derive(Debug)]
+pub(crate) struct Context<'a, A> {
+    pub app: &'a A,
+    pub mailbox: &'a Mailbox,
+    pub terminate: &'a CancellationToken,
+    pub config: &'a ConnectionConfig,
+    pub metrics: &'a Metrics,
+}
+
+/// Runs a connection to its end.
+pub(crate) async fn run<T, A>(ws: &mut T, cx: Context<'_, A>) -> Outcome
+where
+    T: Stream<Item = Result<Message, tungstenite::Error>>
+        + Sink<Message, Error = tungstenite::Error>
+        + Unpin,
+    A: App,
+{
+    let mut inflight = FuturesOrdered::new();
+    let period = cx.config.ping_interval;
+    let mut ping = interval_at(Instant::now() + period, period);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut awaiting_pong = false;
+
+    let order = loop {
+        tokio::select! {
+            biased;
+            _ = cx.terminate.cancelled() => return Outcome::Terminated,
+            orders = cx.mailbox.next() => {
+                if let Some(notice) = orders.notice
+                    && ws.send(Message::text(notice)).await.is_err()
+                {
+                    return Outcome::Gone;
+                }
+                if let Some(order) = orders.close {
+                    break order;
+                }
+            }
+            Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                if let Some(reply) = reply {
+                    if ws.send(reply).await.is_err() {
+                        return Outcome::Gone;
+                    }
+                    cx.metrics.answered();
+                }
+            }
+            message = ws.next(), if inflight.len() < cx.config.max_inflight => match message {
+                Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                    cx.metrics.received();
+                    inflight.push_back(cx.app.handle(message));
+                }
+                Some(Ok(Message::Pong(_))) => awaiting_pong = false,
+                Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
+                Some(Ok(Message::Close(_))) => {
+                    // tungstenite queued the answering Close; push it out.
+                    let _ = ws.flush().await;
+                    return Outcome::ClientClosed;
+                }
+                Some(Err(error)) => return reject(ws, error).await,
+                None => return Outcome::Gone,
+            },
+            _ = ping.tick() => {
+                if awaiting_pong {
+                    return Outcome::Dead;
+                }
+                awaiting_pong = true;
+                if ws.send(Message::Ping(Default::default())).await.is_err() {
+                    return Outcome::Gone;
+                }
+            }
+        }
+    };
+    close(ws, cx, inflight, order).await
+}
+
+/// The closing half: answer what was received, send the Close, wait for the client's.
+async fn close<T, A>(
+    ws: &mut T,
+    cx: Context<'_, A>,
+    mut inflight: FuturesOrdered<A::Reply>,
+    order: CloseOrder,
+) -> Outcome
+where
+    T: Stream<Item = Result<Message, tungstenite::Error>>
+        + Sink<Message, Error = tungstenite::Error>
+        + Unpin,
+    A: App,
+{
+    let inflight_deadline = Instant::now() + order.inflight_timeout;
+    while !inflight.is_empty() {
+        tokio::select! {
+            biased;
+            _ = cx.terminate.cancelled() => return Outcome::Terminated,
+            next = timeout_at(inflight_deadline, inflight.next()) => match next {
+                Ok(Some(Some(reply))) => {
+                    if ws.send(reply).await.is_err() {
+                        return Outcome::Gone;
+                    }
+                    cx.metrics.answered();
+                }
+                Ok(Some(None)) => {}
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(abandoned = inflight.len(), "in-flight timeout: closing with messages unanswered");
+                    cx.metrics.abandoned(inflight.len() as u64);
+                    break;
+                }
+            },
+        }
+    }
+    drop(inflight);
+
+    let frame = CloseFrame {
+        code: order.code.into(),
+        reason: order.reason.into(),
+    };
+    if ws.send(Message::Close(Some(frame))).await.is_err() {
+        return Outcome::Gone;
+    }
+
+    let handshake_deadline = Instant::now() + order.close_timeout;
+    loop {
+        tokio::select! {
+            biased;
+            _ = cx.terminate.cancelled() => return Outcome::Terminated,
+            next = timeout_at(handshake_deadline, ws.next()) => match next {
+                Err(_) => return Outcome::Drained { clean: false },
+                Ok(Some(Ok(Message::Close(_))) | None) => return Outcome::Drained { clean: true },
+                Ok(Some(Ok(Message::Text(_) | Message::Binary(_)))) => cx.metrics.discarded(),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_))) => return Outcome::Drained { clean: false },
+            },
+        }
+    }
+}
+
+/// Closes a connection that sent a bad frame with the matching code.
+async fn reject<T>(ws: &mut T, error: tungstenite::Error) -> Outcome
+where
+    T: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    use tungstenite::Error;
+    let (code, reason) = match &error {
+        Error::Capacity(_) => (close::MESSAGE_TOO_BIG, "message too big"),
+        Error::Utf8(_) => (close::INVALID_PAYLOAD, "invalid UTF-8"),
+        Error::Protocol(tungstenite::error::ProtocolError::ResetWithoutClosingHandshake) => {
+            return Outcome::Gone;
+        }
+        Error::Protocol(_) => (close::PROTOCOL_ERROR, "protocol error"),
+        _ => return Outcome::Gone,
+    };
+    tracing::debug!(%error, code, "closing connection for a bad frame");
+    let frame = CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    };
+    let _ = ws.send(Message::Close(Some(frame))).await;
+    Outcome::Rejected { code }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,395 @@
+//! Commands a node obeys: one type per command ([`drain`], [`resume`]), one enum ([`Action`])
+//! dispatching, and the envelope that carries them over pub/sub and in the desired-state key.
+//!
+//! A plain command is a JSON object, easy to publish by hand:
+//!
+//! ```json
+//! {"v":1,"id":"deploy-42","target":"node-a","type":"drain","then":"exit"}
+//! ```
+//!
+//! With a shared secret configured, nodes accept only the signed envelope
+//! `{"v":1,"signed":"<the command's JSON, as a string>","sig":"<hex HMAC-SHA256 of that string>"}`,
+//! whose command must carry a `nonce` and an `expires_at_ms`. Signing the exact string avoids any
+//! JSON canonicalisation question.
+//!
+//! [`decode`] does everything that needs no node state (size, JSON shape, version, signature,
+//! expiry, field validation). The node adds what only it knows: target, instance, replay.
+
+pub mod drain;
+pub mod resume;
+
+pub use drain::{Drain, Then};
+pub use resume::Resume;
+
+use crate::keys::validate_name;
+use crate::sign::Secret;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The command format version this build speaks.
+pub const PROTOCOL_VERSION: u64 = 1;
+/// Largest payload a node will parse, in bytes; anything larger is refused unread.
+pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
+/// Longest command id or nonce, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+
+/// A command for one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Format version, [`PROTOCOL_VERSION`].
+    pub v: u64,
+    /// Unique id, for acknowledgements and so a re-delivered command is applied once.
+    pub id: String,
+    /// Name of the node that must obey.
+    pub target: String,
+    /// When set, only this instance (one process start) obeys; its replacement ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<Uuid>,
+    /// When it was issued (ms since epoch). Desired state issued before a node started is not for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at_ms: Option<u64>,
+    /// After this (ms since epoch) the command is refused. Required when signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// Random, unique per command; a second delivery of the same nonce is a replay. Required when signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// What to do.
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// The command kinds: one arm per file in this module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Action {
+    Drain(Drain),
+    Resume(Resume),
+}
+
+impl Action {
+    /// `drain` or `resume`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Drain(_) => "drain",
+            Action::Resume(_) => "resume",
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        match self {
+            Action::Drain(drain) => drain.validate(),
+            Action::Resume(resume) => resume.validate(),
+        }
+    }
+}
+
+/// Why a command was not obeyed. Every refusal is logged and counted by its [`Refusal::label`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("payload of {0} bytes exceeds the {MAX_COMMAND_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed command: {0}")]
+    Malformed(String),
+    #[error("unknown command version {0} (this node speaks {PROTOCOL_VERSION})")]
+    UnknownVersion(u64),
+    #[error("unsigned command refused: a shared secret is configured")]
+    Unsigned,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("command expired at {0} ms")]
+    Expired(u64),
+    #[error("command for {got:?} arrived at node {expected:?}")]
+    WrongTarget { expected: String, got: String },
+    #[error("command for instance {got} arrived at instance {expected}")]
+    WrongInstance { expected: Uuid, got: Uuid },
+    #[error("replayed command (nonce already seen)")]
+    Replayed,
+}
+
+impl Refusal {
+    /// A short, stable label for metrics and events.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Refusal::TooLarge(_) => "too_large",
+            Refusal::Malformed(_) => "malformed",
+            Refusal::UnknownVersion(_) => "unknown_version",
+            Refusal::Unsigned => "unsigned",
+            Refusal::BadSignature => "bad_signature",
+            Refusal::Expired(_) => "expired",
+            Refusal::WrongTarget { .. } => "wrong_target",
+            Refusal::WrongInstance { .. } => "wrong_instance",
+            Refusal::Replayed => "replayed",
+        }
+    }
+
+    /// Every label, so metrics can be rendered at zero before the first refusal.
+    pub const LABELS: [&'static str; 9] = [
+        "too_large",
+        "malformed",
+        "unknown_version",
+        "unsigned",
+        "bad_signature",
+        "expired",
+        "wrong_target",
+        "wrong_instance",
+        "replayed",
+    ];
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    signed: String,
+    sig: String,
+}
+
+impl Command {
+    /// A new command with a fresh id, issued now, for any instance of `target`.
+    pub fn new(target: impl Into<String>, action: Action) -> Self {
+        Command {
+            v: PROTOCOL_VERSION,
+            id: Uuid::new_v4().simple().to_string(),
+            target: target.into(),
+            instance: None,
+            issued_at_ms: Some(crate::time::now_ms()),
+            expires_at_ms: None,
+            nonce: None,
+            action,
+        }
+    }
+
+    /// The payload to publish: plain JSON, or with a secret the signed envelope (a nonce and an
+    /// expiry `ttl_ms` from now are added when missing).
+    pub fn encode(&self, secret: Option<&Secret>, ttl_ms: u64) -> String {
+        let Some(secret) = secret else {
+            return serde_json::to_string(self).expect("a command always serializes");
+        };
+        let mut cmd = self.clone();
+        cmd.nonce
+            .get_or_insert_with(|| Uuid::new_v4().simple().to_string());
+        cmd.expires_at_ms
+            .get_or_insert_with(|| crate::time::now_ms().saturating_add(ttl_ms));
+        let signed = serde_json::to_string(&cmd).expect("a command always serializes");
+        let sig = secret.sign(signed.as_bytes());
+        serde_json::json!({ "v": PROTOCOL_VERSION, "signed": signed, "sig": sig }).to_string()
+    }
+
+    fn validate(&self) -> Result<(), Refusal> {
+        if self.id.is_empty() || self.id.len() > MAX_ID_LEN {
+            return Err(Refusal::Malformed(format!(
+                "id must be 1 to {MAX_ID_LEN} bytes"
+            )));
+        }
+        validate_name(&self.target).map_err(|e| Refusal::Malformed(format!("target: {e}")))?;
+        if let Some(nonce) = &self.nonce
+            && (nonce.is_empty() || nonce.len() > MAX_ID_LEN)
+        {
+            return Err(Refusal::Malformed(format!(
+                "nonce must be 1 to {MAX_ID_LEN} bytes"
+            )));
+        }
+        self.action.validate().map_err(Refusal::Malformed)
+    }
+}
+
+/// Reads the version first, so a future format is refused as such rather than as malformed.
+fn check_version(value: &serde_json::Value) -> Result<(), Refusal> {
+    match value.get("v") {
+        Some(v) => match v.as_u64() {
+            Some(PROTOCOL_VERSION) => Ok(()),
+            Some(other) => Err(Refusal::UnknownVersion(other)),
+            None => Err(Refusal::Malformed("v must be an integer".to_owned())),
+        },
+        None => Err(Refusal::Malformed("missing field `v`".to_owned())),
+    }
+}
+
+fn parse_command(text: &str) -> Result<Command, Refusal> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    if !value.is_object() {
+        return Err(Refusal::Malformed("not a JSON object".to_owned()));
+    }
+    check_version(&value)?;
+    let cmd: Command =
+        serde_json::from_value(value).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    cmd.validate()?;
+    Ok(cmd)
+}
+
+/// Decodes and checks a payload received at `now_ms`. With `secret`, only a correctly signed,
+/// unexpired envelope carrying a nonce passes; without, plain commands and envelopes both pass
+/// (an envelope's signature cannot be checked without the secret).
+pub fn decode(payload: &[u8], secret: Option<&Secret>, now_ms: u64) -> Result<Command, Refusal> {
+    if payload.len() > MAX_COMMAND_BYTES {
+        return Err(Refusal::TooLarge(payload.len()));
+    }
+    let text = std::str::from_utf8(payload)
+        .map_err(|_| Refusal::Malformed("payload is not UTF-8".to_owned()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    check_version(&value)?;
+    let cmd = if value.get("signed").is_some() {
+        let envelope: Envelope =
+            serde_json::from_value(value).map_err(|e| Refusal::Malformed(e.to_string()))?;
+        if let Some(secret) = secret
+            && !secret.verify(envelope.signed.as_bytes(), &envelope.sig)
+        {
+            return Err(Refusal::BadSignature);
+        }
+        let cmd = parse_command(&envelope.signed)?;
+        if secret.is_some() && (cmd.nonce.is_none() || cmd.expires_at_ms.is_none()) {
+            return Err(Refusal::Malformed(
+                "a signed command must carry nonce and expires_at_ms".to_owned(),
+            ));
+        }
+        cmd
+    } else if secret.is_some() {
+        return Err(Refusal::Unsigned);
+    } else {
+        parse_command(text)?
+    };
+    if let Some(expires) = cmd.expires_at_ms
+        && expires < now_ms
+    {
+        return Err(Refusal::Expired(expires));
+    }
+    Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> Secret {
+        Secret::new("a-test-secret-of-32-bytes-length").unwrap()
+    }
+
+    #[test]
+    fn plain_drain_round_trips() {
+        let mut cmd = Command::new(
+            "node-a",
+            Action::Drain(Drain {
+                then: Then::Stay,
+                deadline_ms: Some(5000),
+            }),
+        );
+        cmd.instance = Some(Uuid::new_v4());
+        let text = cmd.encode(None, 0);
+        assert_eq!(decode(text.as_bytes(), None, 0), Ok(cmd));
+    }
+
+    #[test]
+    fn hand_written_commands_parse_with_defaults() {
+        let text = r#"{"v":1,"id":"deploy-42","target":"node-a","type":"drain"}"#;
+        let cmd = decode(text.as_bytes(), None, 0).unwrap();
+        assert_eq!(cmd.action, Action::Drain(Drain::default()));
+        assert_eq!(cmd.issued_at_ms, None);
+        let text = r#"{"v":1,"id":"r1","target":"node-a","type":"resume"}"#;
+        let cmd = decode(text.as_bytes(), None, 0).unwrap();
+        assert_eq!(cmd.action, Action::Resume(Resume {}));
+    }
+
+    #[test]
+    fn signed_round_trip_and_tampering() {
+        let cmd = Command::new("node-a", Action::Resume(Resume {}));
+        let now = crate::time::now_ms();
+        let text = cmd.encode(Some(&secret()), 60_000);
+        let back = decode(text.as_bytes(), Some(&secret()), now).unwrap();
+        assert_eq!(back.id, cmd.id);
+        assert!(back.nonce.is_some());
+
+        let tampered = text.replace("node-a", "node-b");
+        assert_eq!(
+            decode(tampered.as_bytes(), Some(&secret()), now),
+            Err(Refusal::BadSignature)
+        );
+        let other = Secret::new("another-secret-of-some-length").unwrap();
+        assert_eq!(
+            decode(text.as_bytes(), Some(&other), now),
+            Err(Refusal::BadSignature)
+        );
+        assert_eq!(
+            decode(cmd.encode(None, 0).as_bytes(), Some(&secret()), now),
+            Err(Refusal::Unsigned)
+        );
+        assert!(matches!(
+            decode(text.as_bytes(), Some(&secret()), now + 120_000),
+            Err(Refusal::Expired(_))
+        ));
+    }
+
+    #[test]
+    fn bad_payloads_are_refused_with_a_reason() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"\xff\xfe", "malformed"),
+            (b"not json", "malformed"),
+            (b"[1,2]", "malformed"),
+            (br#"{"id":"x","target":"a","type":"drain"}"#, "malformed"),
+            (
+                br#"{"v":2,"id":"x","target":"a","type":"drain"}"#,
+                "unknown_version",
+            ),
+            (
+                br#"{"v":"1","id":"x","target":"a","type":"drain"}"#,
+                "malformed",
+            ),
+            (
+                br#"{"v":1,"id":"x","target":"a","type":"explode"}"#,
+                "malformed",
+            ),
+            (
+                br#"{"v":1,"id":"","target":"a","type":"drain"}"#,
+                "malformed",
+            ),
+            (
+                br#"{"v":1,"id":"x","target":"a b","type":"drain"}"#,
+                "malformed",
+            ),
+            (
+                br#"{"v":1,"id":"x","target":"a","type":"drain","deadline_ms":0}"#,
+                "malformed",
+            ),
+            (
+                br#"{"v":1,"id":"x","target":"a","type":"drain","then":"reboot"}"#,
+                "malformed",
+            ),
+            (br#"{"v":1,"signed":"{}","sig":"00"}"#, "malformed"),
+        ];
+        for (payload, label) in cases {
+            let err = decode(payload, None, 0).unwrap_err();
+            assert_eq!(
+                err.label(),
+                *label,
+                "{}: {err}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        let huge = vec![b' '; MAX_COMMAND_BYTES + 1];
+        assert_eq!(decode(&huge, None, 0), Err(Refusal::TooLarge(huge.len())));
+    }
+
+    #[test]
+    fn every_refusal_label_is_listed() {
+        let id = Uuid::nil();
+        for refusal in [
+            Refusal::TooLarge(1),
+            Refusal::Malformed(String::new()),
+            Refusal::UnknownVersion(9),
+            Refusal::Unsigned,
+            Refusal::BadSignature,
+            Refusal::Expired(0),
+            Refusal::WrongTarget {
+                expected: "a".into(),
+                got: "b".into(),
+            },
+            Refusal::WrongInstance {
+                expected: id,
+                got: id,
+            },
+            Refusal::Replayed,
+        ] {
+            assert!(Refusal::LABELS.contains(&refusal.label()));
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! ebb's wire protocol: everything a node, a coordinator and a client must agree on, and no I/O.
+//!
+//! `node`, `coordinator` and `client` never depend on each other; this crate is all they share, so
+//! a change to any format happens here once and every side sees it.
+//!
+//! Layout:
+//! - [`keys`]: the Redis key and channel schema, TTLs and intervals (nobody else formats a key);
+//! - [`state`]: the node lifecycle states as stored and published;
+//! - [`record`]: the node record hash a node writes and the coordinator reads;
+//! - [`command`]: drain / resume commands, their validation, signing envelope and refusals;
+//! - [`event`]: what nodes publish so the coordinator reacts without polling;
+//! - [`close`]: WebSocket close codes and the close reason that carries a reconnect hint;
+//! - [`notice`]: the seed article's `server_shutdown` text notice;
+//! - [`sign`]: HMAC-SHA256 signing shared by both ends;
+//! - [`time`]: wall-clock milliseconds, the unit every timestamp on the wire uses.
+
+pub mod close;
+pub mod command;
+pub mod event;
+pub mod keys;
+pub mod notice;
+pub mod record;
+pub mod sign;
+pub mod state;
+pub mod time;
+
+pub use close::CloseReason;
+pub use command::{Command, Refusal};
+pub use event::{Event, EventKind};
+pub use keys::{Keys, NameError};
+pub use notice::ShutdownNotice;
+pub use record::NodeRecord;
+pub use state::NodeState;

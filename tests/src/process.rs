@@ -1,0 +1,172 @@
+//! ebb binaries as child processes: their logs, signals and exit, and `ebb-node` in particular.
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::net::SocketAddr;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+
+/// Lines a process wrote, collected as they come so its pipes never fill.
+#[derive(Debug, Default)]
+struct Output {
+    lines: Mutex<Vec<String>>,
+    grew: Notify,
+}
+
+/// A running child process; killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    child: Child,
+    pid: Pid,
+    stderr: Arc<Output>,
+    stdout: Arc<Output>,
+}
+
+fn collect(stream: impl AsyncRead + Unpin + Send + 'static, output: Arc<Output>, echo: bool) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if echo {
+                eprintln!("  | {line}");
+            }
+            output.lines.lock().unwrap().push(line);
+            output.grew.notify_waiters();
+        }
+    });
+}
+
+impl Proc {
+    /// Starts `program` with `args`; stdout and stderr are collected (stderr is also echoed to
+    /// the test's output, which nextest shows for failing tests).
+    pub fn spawn(program: &std::path::Path, args: &[String]) -> Proc {
+        let mut child = Command::new(program)
+            .args(args)
+            .env("EBB_LOG", "info,ebb_node=debug")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let pid = Pid::from_raw(child.id().expect("a running child has a pid") as i32);
+        let stderr = Arc::new(Output::default());
+        let stdout = Arc::new(Output::default());
+        collect(child.stderr.take().unwrap(), stderr.clone(), true);
+        collect(child.stdout.take().unwrap(), stdout.clone(), false);
+        Proc {
+            child,
+            pid,
+            stderr,
+            stdout,
+        }
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it.
+    pub async fn wait_log(&self, needle: &str, limit: Duration) -> String {
+        let found = tokio::time::timeout(limit, async {
+            loop {
+                let grew = self.stderr.grew.notified();
+                if let Some(line) = self
+                    .stderr
+                    .lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|l| l.contains(needle))
+                {
+                    return line.clone();
+                }
+                grew.await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| panic!("no log line with {needle:?} within {limit:?}"))
+    }
+
+    /// Every stderr line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.stderr.lines.lock().unwrap().clone()
+    }
+
+    /// Every stdout line so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lines.lock().unwrap().clone()
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid, signal).unwrap_or_else(|e| panic!("kill {signal}: {e}"));
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid.as_raw() as u32
+    }
+
+    /// Waits for the exit, panicking after `limit`.
+    pub async fn wait(&mut self, limit: Duration) -> ExitStatus {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the process did not exit within {limit:?}"))
+            .expect("wait for the child")
+    }
+
+    /// Waits for the exit and for its output to be read to the end.
+    pub async fn wait_with_output(&mut self, limit: Duration) -> (ExitStatus, Vec<String>) {
+        let status = self.wait(limit).await;
+        // The pipes close at exit; give the collectors a moment to read the last lines.
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (status, self.stdout())
+    }
+}
+
+/// A running `ebb-node`.
+#[derive(Debug)]
+pub struct Node {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+}
+
+impl Node {
+    /// Starts `ebb-node --listen 127.0.0.1:0 <args>` and waits until it is active.
+    pub async fn start(args: &[&str]) -> Node {
+        let mut all = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let proc = Proc::spawn(&crate::bin::path("ebb-node"), &all);
+        let line = proc.wait_log("node active", Duration::from_secs(10)).await;
+        let addr = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("local_addr="))
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no local_addr in {line:?}"));
+        Node { proc, addr }
+    }
+
+    /// `ws://<addr>/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Sends a signal to the node.
+    pub fn signal(&self, signal: Signal) {
+        self.proc.signal(signal);
+    }
+
+    /// Reads `/metrics`.
+    pub async fn metrics(&self) -> String {
+        crate::http::get(self.addr, "/metrics").await.body
+    }
+
+    /// One metric sample (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        crate::http::metric(&self.metrics().await, sample).unwrap_or(0.0)
+    }
+}
