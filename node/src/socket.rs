@@ -111,7 +111,7 @@ where
                     let _ = ws.flush().await;
                     return Outcome::ClientClosed;
                 }
-                Some(Err(error)) => return reject(ws, error).await,
+                Some(Err(error)) => return Box::pin(reject(ws, error)).await,
                 None => return Outcome::Gone,
             },
             _ = ping.tick() => {
@@ -125,7 +125,8 @@ where
             }
         }
     };
-    close(ws, cx, inflight, order).await
+    // Boxed: the closing half's timers would otherwise sit in every idle connection's task.
+    Box::pin(close(ws, cx, inflight, order)).await
 }
 
 /// The closing half: answer what was received, send the Close, wait for the client's.

@@ -167,7 +167,8 @@ fn accept_key(headers: &HeaderMap) -> Result<String, HandshakeError> {
 async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, limit: Duration) {
     let _ = tokio::time::timeout(limit, async {
         let _ = io.shutdown().await;
-        let mut scratch = [0u8; 2048];
+        // On the heap: a buffer here would sit in every idle connection's task.
+        let mut scratch = vec![0u8; 2048];
         let mut total = 0;
         while total < LINGER_MAX_BYTES {
             match io.read(&mut scratch).await {

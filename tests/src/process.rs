@@ -17,6 +17,24 @@ struct Output {
     grew: Notify,
 }
 
+/// How to start a process.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Echo its stderr into the test output (nextest shows it for failing tests).
+    pub echo_stderr: bool,
+    /// Give it a stdin pipe, closed when the [`Proc`] is dropped.
+    pub stdin: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            echo_stderr: true,
+            stdin: false,
+        }
+    }
+}
+
 /// A running child process; killed when dropped.
 #[derive(Debug)]
 pub struct Proc {
@@ -39,15 +57,47 @@ fn collect(stream: impl AsyncRead + Unpin + Send + 'static, output: Arc<Output>,
     });
 }
 
+async fn wait_line(output: &Output, needle: &str, limit: Duration) -> Option<String> {
+    tokio::time::timeout(limit, async {
+        loop {
+            let grew = output.grew.notified();
+            tokio::pin!(grew);
+            // Registered before looking, so a line arriving meanwhile still wakes us.
+            grew.as_mut().enable();
+            if let Some(line) = output
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
+                return line.clone();
+            }
+            grew.await;
+        }
+    })
+    .await
+    .ok()
+}
+
 impl Proc {
     /// Starts `program` with `args`; stdout and stderr are collected (stderr is also echoed to
     /// the test's output, which nextest shows for failing tests).
     pub fn spawn(program: &std::path::Path, args: &[String]) -> Proc {
+        Proc::spawn_with(program, args, Options::default())
+    }
+
+    /// Starts `program` with `args` and `options`.
+    pub fn spawn_with(program: &std::path::Path, args: &[String], options: Options) -> Proc {
         let mut child = Command::new(program)
             .args(args)
             .env("EBB_LOG", "info,ebb_node=debug")
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
+            .stdin(if options.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -56,7 +106,11 @@ impl Proc {
         let pid = Pid::from_raw(child.id().expect("a running child has a pid") as i32);
         let stderr = Arc::new(Output::default());
         let stdout = Arc::new(Output::default());
-        collect(child.stderr.take().unwrap(), stderr.clone(), true);
+        collect(
+            child.stderr.take().unwrap(),
+            stderr.clone(),
+            options.echo_stderr,
+        );
         collect(child.stdout.take().unwrap(), stdout.clone(), false);
         Proc {
             child,
@@ -68,24 +122,16 @@ impl Proc {
 
     /// Waits for a stderr line containing `needle` and returns it.
     pub async fn wait_log(&self, needle: &str, limit: Duration) -> String {
-        let found = tokio::time::timeout(limit, async {
-            loop {
-                let grew = self.stderr.grew.notified();
-                if let Some(line) = self
-                    .stderr
-                    .lines
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|l| l.contains(needle))
-                {
-                    return line.clone();
-                }
-                grew.await;
-            }
-        })
-        .await;
-        found.unwrap_or_else(|_| panic!("no log line with {needle:?} within {limit:?}"))
+        wait_line(&self.stderr, needle, limit)
+            .await
+            .unwrap_or_else(|| panic!("no log line with {needle:?} within {limit:?}"))
+    }
+
+    /// Waits for a stdout line containing `needle` and returns it.
+    pub async fn wait_stdout(&self, needle: &str, limit: Duration) -> String {
+        wait_line(&self.stdout, needle, limit)
+            .await
+            .unwrap_or_else(|| panic!("no output line with {needle:?} within {limit:?}"))
     }
 
     /// Every stderr line so far.

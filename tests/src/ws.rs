@@ -49,6 +49,13 @@ impl Client {
 
     /// The next text, Close or abnormal end, skipping pings and pongs; panics after `limit`.
     pub async fn next(&mut self, limit: Duration) -> Seen {
+        self.try_next(limit)
+            .await
+            .unwrap_or_else(|| panic!("nothing received within {limit:?}"))
+    }
+
+    /// Like [`Client::next`], but `None` when nothing arrives within `limit`.
+    pub async fn try_next(&mut self, limit: Duration) -> Option<Seen> {
         tokio::time::timeout(limit, async {
             loop {
                 return match self.ws.next().await {
@@ -67,7 +74,7 @@ impl Client {
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("nothing received within {limit:?}"))
+        .ok()
     }
 
     /// Stays connected for `period`, reading (so pings are answered, as a real client does);
