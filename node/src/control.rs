@@ -5,7 +5,7 @@
 use ebb_proto::NodeState;
 use ebb_proto::command::Then;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// A request to start draining.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +71,7 @@ pub(crate) enum Request {
 pub struct Control {
     pub(crate) requests: mpsc::UnboundedSender<Request>,
     pub(crate) state: watch::Receiver<NodeState>,
+    pub(crate) transitions: broadcast::Sender<NodeState>,
     pub(crate) connections: watch::Receiver<usize>,
     pub(crate) report: watch::Receiver<Option<DrainReport>>,
 }
@@ -99,6 +100,13 @@ impl Control {
     /// Follows the lifecycle state.
     pub fn subscribe_state(&self) -> watch::Receiver<NodeState> {
         self.state.clone()
+    }
+
+    /// Every state change from now on, in order (none coalesced, unlike
+    /// [`Control::subscribe_state`]). A receiver that falls behind gets `Lagged` and should read
+    /// [`Control::state`].
+    pub fn subscribe_transitions(&self) -> broadcast::Receiver<NodeState> {
+        self.transitions.subscribe()
     }
 
     /// Live connections now.

@@ -47,7 +47,9 @@ pub(crate) async fn controller<A: App>(
             resume(&shared);
             continue;
         };
+        // The report first, so whoever sees `drained` can read it.
         shared.report.send_replace(Some(report.clone()));
+        shared.set_state(NodeState::Drained);
         if report.then == Then::Stay && stay_drained(&mut requests, &mut report).await {
             resume(&shared);
             continue;
@@ -233,7 +235,6 @@ async fn drain<A: App>(
     shared
         .metrics
         .drain_done(report.duration.as_secs_f64(), report.clean, report.forced);
-    shared.set_state(NodeState::Drained);
     if report.forced == 0 {
         tracing::info!(
             clean = report.clean,

@@ -21,8 +21,9 @@
 //! - `socket`: one connection's loop, generic over `Sink` + `Stream`;
 //! - `upgrade`, `http`: the HTTP surface (`/ws`, `/health`, `/metrics`, `/admin/*`);
 //! - [`metrics`]: Prometheus metrics;
-//! - the Redis agent (registration, heartbeat, commands, events) lands with the coordinator.
+//! - [`agent`]: the Redis agent (registration, heartbeat, commands, events).
 
+pub mod agent;
 pub mod app;
 pub mod config;
 pub mod control;
@@ -71,6 +72,7 @@ impl<A: App> Node<A> {
         Control {
             requests: self.shared.requests.clone(),
             state: self.shared.state.subscribe(),
+            transitions: self.shared.transitions.clone(),
             connections: self.shared.registry.subscribe(),
             report: self.shared.report.subscribe(),
         }

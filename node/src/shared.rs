@@ -10,9 +10,12 @@ use crate::socket::Outcome;
 use ebb_proto::NodeState;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// State changes a slow listener may fall behind by before it must resynchronise.
+const TRANSITIONS_BUFFER: usize = 64;
 
 /// Clean and forced closes of the drain in progress.
 #[derive(Debug, Default)]
@@ -26,6 +29,9 @@ pub(crate) struct Shared<A> {
     pub config: NodeConfig,
     pub app: A,
     pub state: watch::Sender<NodeState>,
+    /// Every state change, in order (a watch keeps only the latest: a drain of an idle node goes
+    /// active → draining → drained faster than a watcher looks, and events must show each step).
+    pub transitions: broadcast::Sender<NodeState>,
     pub report: watch::Sender<Option<DrainReport>>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
@@ -50,6 +56,7 @@ impl<A: App> Shared<A> {
             config,
             app,
             state: watch::Sender::new(NodeState::Starting),
+            transitions: broadcast::Sender::new(TRANSITIONS_BUFFER),
             report: watch::Sender::new(None),
             registry: Arc::new(Registry::default()),
             metrics,
@@ -66,6 +73,7 @@ impl<A: App> Shared<A> {
 
     pub fn set_state(&self, state: NodeState) {
         self.state.send_replace(state);
+        let _ = self.transitions.send(state);
     }
 
     /// The token a new socket task should watch.

@@ -6,11 +6,15 @@
 
 use clap::builder::TypedValueParser as _;
 use clap::{ArgAction, CommandFactory, Parser, error::ErrorKind};
+use ebb_node::agent::{Agent, AgentConfig};
 use ebb_node::config::{self, ConnectionConfig, DrainConfig, NodeConfig};
 use ebb_node::{Control, DrainRequest, Echo, Node};
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
+
+/// How long deregistering from Redis may take at exit.
+const AGENT_SHUTDOWN: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,6 +35,25 @@ struct Args {
     /// Cluster name (Redis key prefix).
     #[arg(long, env = "EBB_CLUSTER", default_value = ebb_proto::keys::DEFAULT_CLUSTER)]
     cluster: String,
+    /// URL clients use to reach this node, as registered in Redis
+    /// (default: ws://<name or listen address>:<port>/ws).
+    #[arg(long, env = "EBB_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    /// Most connections this node should hold (registered for the coordinator's capacity check).
+    #[arg(long, env = "EBB_CAPACITY")]
+    capacity: Option<u64>,
+    /// Shared secret: only commands signed with it are obeyed (at least 16 bytes).
+    #[arg(long, env = "EBB_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// How often the Redis record is refreshed.
+    #[arg(long, env = "EBB_HEARTBEAT_INTERVAL", default_value_t = ebb_proto::keys::HEARTBEAT_INTERVAL.into())]
+    heartbeat_interval: humantime::Duration,
+    /// How long the Redis record outlives the last heartbeat (a killed node vanishes after it).
+    #[arg(long, env = "EBB_RECORD_TTL", default_value_t = ebb_proto::keys::NODE_TTL.into())]
+    record_ttl: humantime::Duration,
+    /// Version shown in the node record (default: ebb-node's own).
+    #[arg(long, env = "EBB_NODE_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
+    node_version: String,
     /// Bearer token enabling POST /admin/drain and /admin/resume (off without one).
     #[arg(long, env = "EBB_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -147,6 +170,13 @@ fn main() -> ExitCode {
     let name = args
         .name()
         .unwrap_or_else(|e| Args::command().error(ErrorKind::InvalidValue, e).exit());
+    let secret = args.secret.as_ref().map(|s| {
+        ebb_proto::sign::Secret::new(s.as_bytes()).unwrap_or_else(|e| {
+            Args::command()
+                .error(ErrorKind::InvalidValue, format!("invalid --secret: {e}"))
+                .exit()
+        })
+    });
     if let Err(e) = ebb_proto::Keys::new(&args.cluster) {
         Args::command()
             .error(ErrorKind::InvalidValue, format!("invalid --cluster: {e}"))
@@ -167,7 +197,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, name)) {
+    match runtime.block_on(run(args, name, secret)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ebb-node: {e:#}");
@@ -176,7 +206,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args, name: String) -> anyhow::Result<()> {
+async fn run(
+    args: Args,
+    name: String,
+    secret: Option<ebb_proto::sign::Secret>,
+) -> anyhow::Result<()> {
     use anyhow::Context as _;
     // Installed before anything is served, so a signal never meets the default action.
     let signals = Signals::install().context("cannot install signal handlers")?;
@@ -184,10 +218,43 @@ async fn run(args: Args, name: String) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let node = Node::new(args.node_config(), Echo::with_delay(args.echo_delay.into()));
+    let metrics = node.metrics();
     let running = node.start(listener)?;
     tracing::info!(%name, addr = %running.local_addr(), "ebb-node listening");
     tokio::spawn(signals.drain_on_signals(running.control().clone()));
+    let agent = match &args.redis {
+        Some(url) => {
+            let advertise_url = args.advertise_url.clone().unwrap_or_else(|| {
+                let addr = running.local_addr();
+                let host = if addr.ip().is_unspecified() {
+                    name.clone()
+                } else {
+                    addr.ip().to_string()
+                };
+                format!("ws://{host}:{}/ws", addr.port())
+            });
+            let mut config = AgentConfig::new(
+                url.clone(),
+                args.cluster.clone(),
+                name.clone(),
+                advertise_url,
+            );
+            config.version = args.node_version.clone();
+            config.capacity = args.capacity;
+            config.secret = secret;
+            config.heartbeat = args.heartbeat_interval.into();
+            config.ttl = args.record_ttl.into();
+            let agent = Agent::spawn(config, running.control().clone(), metrics)
+                .context("cannot start the Redis agent")?;
+            tracing::info!(instance = %agent.instance(), cluster = %args.cluster, "Redis agent started");
+            Some(agent)
+        }
+        None => None,
+    };
     let report = running.wait().await?;
+    if let Some(agent) = agent {
+        agent.shutdown(AGENT_SHUTDOWN).await;
+    }
     tracing::info!(
         clean = report.clean,
         forced = report.forced,

@@ -1,0 +1,282 @@
+//! `ebb`: the operator's CLI for an ebb cluster.
+//!
+//! Exit codes: 0 success; 1 the operation failed or was aborted; 2 usage or infrastructure error
+//! (bad flags, Redis unreachable).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ebb_coordinator::commands::{self, Outcome, Target};
+use ebb_coordinator::rollout::{self, Policy};
+use ebb_proto::command::{Action, Drain, Resume, Then};
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ebb",
+    version,
+    about = "Zero-downtime rolling restarts for ebb WebSocket fleets"
+)]
+struct Cli {
+    /// Redis URL of the cluster's registry.
+    #[arg(
+        long,
+        global = true,
+        env = "EBB_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis: String,
+    /// Cluster name.
+    #[arg(long, global = true, env = "EBB_CLUSTER", default_value = ebb_proto::keys::DEFAULT_CLUSTER)]
+    cluster: String,
+    /// Shared secret: commands are signed with it (nodes configured with one refuse unsigned ones).
+    #[arg(long, global = true, env = "EBB_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ThenArg {
+    Exit,
+    Stay,
+}
+
+impl From<ThenArg> for Then {
+    fn from(t: ThenArg) -> Then {
+        match t {
+            ThenArg::Exit => Then::Exit,
+            ThenArg::Stay => Then::Stay,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnLost {
+    /// Wait for the replacement, as after a normal exit.
+    Wait,
+    /// Stop the rollout.
+    Abort,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// List the nodes: name, instance, state, connections, age, version, URL.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain one node.
+    Drain {
+        name: String,
+        /// Exit once drained (the supervisor restarts it) or stay drained until `ebb resume`.
+        #[arg(long, value_enum, default_value = "exit")]
+        then: ThenArg,
+        /// Override the node's drain deadline.
+        #[arg(long)]
+        deadline: Option<humantime::Duration>,
+        /// Wait until drained (stay) or gone (exit).
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long.
+        #[arg(long, default_value = "2m")]
+        timeout: humantime::Duration,
+    },
+    /// Make a drained node active again.
+    Resume { name: String },
+    /// Drain and restart every node, one at a time.
+    RollingRestart(Box<RollingArgs>),
+    /// Print the channel and payload of a command (signed with --secret), for `redis-cli PUBLISH`.
+    Sign {
+        #[command(subcommand)]
+        action: SignAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SignAction {
+    Drain {
+        name: String,
+        #[arg(long, value_enum, default_value = "exit")]
+        then: ThenArg,
+    },
+    Resume {
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RollingArgs {
+    /// Print the plan and the first capacity check, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// Continue the rollout a stopped coordinator left.
+    #[arg(long, conflicts_with = "fresh")]
+    resume: bool,
+    /// Discard an unfinished rollout and start a new one.
+    #[arg(long)]
+    fresh: bool,
+    /// Only these nodes, in this order (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    nodes: Option<Vec<String>>,
+    /// Other active nodes required before draining one.
+    #[arg(long, default_value_t = rollout::DEFAULT_MIN_ACTIVE)]
+    min_active: usize,
+    /// How long a node has to acknowledge a drain.
+    #[arg(long, default_value_t = rollout::DEFAULT_ACK_TIMEOUT.into())]
+    ack_timeout: humantime::Duration,
+    /// Re-sends before giving up on an acknowledgement.
+    #[arg(long, default_value_t = rollout::DEFAULT_ACK_RETRIES)]
+    ack_retries: u32,
+    /// From acknowledgement to zero connections.
+    #[arg(long, default_value_t = rollout::DEFAULT_DRAIN_TIMEOUT.into())]
+    drain_timeout: humantime::Duration,
+    /// From drained to the old instance gone.
+    #[arg(long, default_value_t = rollout::DEFAULT_EXIT_TIMEOUT.into())]
+    exit_timeout: humantime::Duration,
+    /// From the old instance gone to its replacement active.
+    #[arg(long, default_value_t = rollout::DEFAULT_REPLACE_TIMEOUT.into())]
+    replace_timeout: humantime::Duration,
+    /// Pause after each replacement is active.
+    #[arg(long, default_value_t = rollout::DEFAULT_SETTLE.into())]
+    settle: humantime::Duration,
+    /// Replacements register under new names (Kubernetes pods): wait for the active count.
+    #[arg(long)]
+    ephemeral_names: bool,
+    /// Command run per node after its drain; {name} and {instance} are replaced.
+    #[arg(long)]
+    exec: Option<String>,
+    /// When a node vanishes mid-drain (killed): wait for its replacement, or abort.
+    #[arg(long, value_enum, default_value = "wait")]
+    on_node_lost: OnLost,
+    /// How long Redis may be unreachable before the rollout stops.
+    #[arg(long, default_value_t = rollout::DEFAULT_REDIS_GRACE.into())]
+    redis_grace: humantime::Duration,
+}
+
+impl RollingArgs {
+    fn into_args(self) -> commands::rolling_restart::Args {
+        commands::rolling_restart::Args {
+            dry_run: self.dry_run,
+            json: self.json,
+            resume: self.resume,
+            fresh: self.fresh,
+            nodes: self.nodes,
+            policy: Policy {
+                min_active: self.min_active,
+                ack_timeout: self.ack_timeout.into(),
+                ack_retries: self.ack_retries,
+                drain_timeout: self.drain_timeout.into(),
+                exit_timeout: self.exit_timeout.into(),
+                replace_timeout: self.replace_timeout.into(),
+                settle: self.settle.into(),
+                ephemeral_names: self.ephemeral_names,
+                exec: self.exec.is_some(),
+                abort_on_lost: matches!(self.on_node_lost, OnLost::Abort),
+            },
+            exec: self.exec,
+            redis_grace: self.redis_grace.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let secret = match cli.secret.as_deref().map(ebb_proto::sign::Secret::new) {
+        None => None,
+        Some(Ok(secret)) => Some(secret),
+        Some(Err(e)) => {
+            eprintln!("ebb: invalid --secret: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let target = Target {
+        redis_url: cli.redis,
+        cluster: cli.cluster,
+        secret,
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("ebb: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Cmd::Status { json } => commands::status::run(&target, json).await,
+            Cmd::Drain {
+                name,
+                then,
+                deadline,
+                wait,
+                timeout,
+            } => {
+                let args = commands::drain::Args {
+                    name,
+                    then: then.into(),
+                    deadline: deadline.map(Into::into),
+                    wait: wait.then(|| timeout.into()),
+                };
+                commands::drain::run(&target, args).await
+            }
+            Cmd::Resume { name } => commands::resume::run(&target, &name).await,
+            Cmd::RollingRestart(args) => {
+                let interrupt = CancellationToken::new();
+                tokio::spawn(interrupt_on_signals(interrupt.clone()));
+                commands::rolling_restart::run(&target, args.into_args(), interrupt).await
+            }
+            Cmd::Sign { action } => match action {
+                SignAction::Drain { name, then } => commands::sign::run(
+                    &target,
+                    &name,
+                    Action::Drain(Drain {
+                        then: then.into(),
+                        deadline_ms: None,
+                    }),
+                ),
+                SignAction::Resume { name } => {
+                    commands::sign::run(&target, &name, Action::Resume(Resume {}))
+                }
+            },
+        }
+    });
+    match result {
+        Ok(Outcome::Success) => ExitCode::SUCCESS,
+        Ok(Outcome::Failed(reason)) => {
+            eprintln!("ebb: {reason}");
+            ExitCode::from(1)
+        }
+        Err(error) => {
+            eprintln!("ebb: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// SIGINT/SIGTERM stop a rollout where it is (it can be resumed).
+async fn interrupt_on_signals(interrupt: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("ebb: interrupted; stopping the rollout where it is");
+    interrupt.cancel();
+}

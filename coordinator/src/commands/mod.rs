@@ -1,0 +1,42 @@
+//! The subcommands. Each takes its parsed arguments and the global [`Target`], and returns an
+//! [`Outcome`]; only the binary turns outcomes into exit codes and prints errors.
+
+pub mod drain;
+pub mod resume;
+pub mod rolling_restart;
+pub mod sign;
+pub mod status;
+
+use crate::cluster::{Cluster, ClusterError};
+use ebb_proto::sign::Secret;
+
+/// Which cluster, and how to reach and sign for it (the global flags).
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub redis_url: String,
+    pub cluster: String,
+    pub secret: Option<Secret>,
+}
+
+impl Target {
+    pub async fn connect(&self) -> Result<Cluster, Error> {
+        Ok(Cluster::connect(&self.redis_url, &self.cluster).await?)
+    }
+}
+
+/// How a subcommand ended. Exit codes: 0 success, 1 failed or aborted, 2 usage or infrastructure.
+#[derive(Debug)]
+pub enum Outcome {
+    Success,
+    /// The operation ran and did not succeed (a rollout aborted, a drain timed out).
+    Failed(String),
+}
+
+/// An error before or outside the operation itself (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("{0}")]
+    Usage(String),
+}

@@ -1,0 +1,93 @@
+//! Live progress of a rollout: on a terminal, one indicatif line per node with its state and
+//! draining count; otherwise (CI, pipes) a plain line per change on stderr.
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+/// Where progress goes.
+#[derive(Debug)]
+pub struct Progress {
+    bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
+    last: HashMap<String, String>,
+}
+
+impl Progress {
+    /// Bars on a terminal (unless `quiet`), lines otherwise.
+    pub fn new(plan: &[String], quiet: bool) -> Self {
+        if quiet || !std::io::stderr().is_terminal() {
+            return Progress {
+                bars: None,
+                last: HashMap::new(),
+            };
+        }
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template("{spinner} {prefix:<20} {wide_msg}")
+            .expect("a valid template");
+        let bars = plan
+            .iter()
+            .map(|name| {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(style.clone());
+                bar.set_prefix(name.clone());
+                bar.set_message("pending");
+                bar.enable_steady_tick(Duration::from_millis(120));
+                (name.clone(), bar)
+            })
+            .collect();
+        Progress {
+            bars: Some((multi, bars)),
+            last: HashMap::new(),
+        }
+    }
+
+    /// Sets what a node is doing (printed only when it changes).
+    pub fn node(&mut self, name: &str, message: String) {
+        if self.last.get(name) == Some(&message) {
+            return;
+        }
+        self.last.insert(name.to_owned(), message.clone());
+        match &self.bars {
+            Some((_, bars)) => {
+                if let Some(bar) = bars.get(name) {
+                    bar.set_message(message);
+                }
+            }
+            None => eprintln!("ebb: {name}: {message}"),
+        }
+    }
+
+    /// Marks a node finished.
+    pub fn finish_node(&mut self, name: &str, message: String) {
+        match &self.bars {
+            Some((_, bars)) => {
+                if let Some(bar) = bars.get(name) {
+                    bar.finish_with_message(message);
+                }
+            }
+            None => eprintln!("ebb: {name}: {message}"),
+        }
+    }
+
+    /// A line that is not about one node.
+    pub fn note(&self, line: &str) {
+        match &self.bars {
+            Some((multi, _)) => {
+                let _ = multi.println(line);
+            }
+            None => eprintln!("ebb: {line}"),
+        }
+    }
+
+    /// Stops every bar.
+    pub fn finish(&mut self) {
+        if let Some((_, bars)) = &self.bars {
+            for bar in bars.values() {
+                if !bar.is_finished() {
+                    bar.abandon();
+                }
+            }
+        }
+    }
+}

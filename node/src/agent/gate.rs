@@ -1,0 +1,272 @@
+//! Which commands a node obeys. Pure logic: no I/O, no clock of its own.
+//!
+//! [`ebb_proto::command::decode`] checks what needs no node state (size, shape, version,
+//! signature, expiry). The gate adds what only this node knows: the command must name it (and
+//! this instance, when it names one), must not replay a nonce it has seen, and a command read
+//! back from the desired-state key must be meant for this instance: one issued before this
+//! process started was for its predecessor (a `drain then exit` must not drain the replacement).
+
+use ebb_proto::command::{self, Command, Refusal};
+use ebb_proto::sign::Secret;
+use std::collections::{HashMap, VecDeque};
+use uuid::Uuid;
+
+/// Most nonces remembered; beyond it the soonest to expire is forgotten first.
+const MAX_NONCES: usize = 10_000;
+/// Most applied command ids remembered (to apply a re-delivered command once).
+const MAX_APPLIED: usize = 256;
+
+/// How a command arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Pub/sub, as it was published.
+    Live,
+    /// Read back from the desired-state key on (re)connect.
+    Desired,
+}
+
+/// What to do with a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Apply(Command),
+    /// Not for this instance, or already applied: nothing to do, nothing wrong.
+    Ignore(&'static str),
+    Refuse(Refusal),
+}
+
+/// The gate of one node instance.
+#[derive(Debug)]
+pub(crate) struct Gate {
+    name: String,
+    instance: Uuid,
+    started_at_ms: u64,
+    secret: Option<Secret>,
+    applied: VecDeque<String>,
+    nonces: HashMap<String, u64>,
+}
+
+impl Gate {
+    pub fn new(name: String, instance: Uuid, started_at_ms: u64, secret: Option<Secret>) -> Self {
+        Gate {
+            name,
+            instance,
+            started_at_ms,
+            secret,
+            applied: VecDeque::new(),
+            nonces: HashMap::new(),
+        }
+    }
+
+    /// Judges a payload received at `now_ms`.
+    pub fn check(&mut self, payload: &[u8], delivery: Delivery, now_ms: u64) -> Verdict {
+        let cmd = match command::decode(payload, self.secret.as_ref(), now_ms) {
+            Ok(cmd) => cmd,
+            Err(refusal) => return Verdict::Refuse(refusal),
+        };
+        if cmd.target != self.name {
+            return Verdict::Refuse(Refusal::WrongTarget {
+                expected: self.name.clone(),
+                got: cmd.target,
+            });
+        }
+        match (cmd.instance, delivery) {
+            (Some(instance), Delivery::Live) if instance != self.instance => {
+                return Verdict::Refuse(Refusal::WrongInstance {
+                    expected: self.instance,
+                    got: instance,
+                });
+            }
+            (Some(instance), Delivery::Desired) if instance != self.instance => {
+                return Verdict::Ignore("desired state for a previous instance");
+            }
+            (None, Delivery::Desired)
+                if cmd.issued_at_ms.is_none_or(|at| at < self.started_at_ms) =>
+            {
+                return Verdict::Ignore("desired state older than this instance");
+            }
+            _ => {}
+        }
+        let nonce_seen = cmd
+            .nonce
+            .as_ref()
+            .is_some_and(|n| self.nonces.contains_key(n));
+        let applied = self.applied.contains(&cmd.id);
+        match delivery {
+            Delivery::Live if nonce_seen => return Verdict::Refuse(Refusal::Replayed),
+            _ if applied || nonce_seen => return Verdict::Ignore("already applied"),
+            _ => {}
+        }
+        self.remember(&cmd, now_ms);
+        Verdict::Apply(cmd)
+    }
+
+    fn remember(&mut self, cmd: &Command, now_ms: u64) {
+        if self.applied.len() == MAX_APPLIED {
+            self.applied.pop_front();
+        }
+        self.applied.push_back(cmd.id.clone());
+        let Some(nonce) = &cmd.nonce else { return };
+        self.nonces.retain(|_, expires| *expires >= now_ms);
+        if self.nonces.len() >= MAX_NONCES
+            && let Some(oldest) = self
+                .nonces
+                .iter()
+                .min_by_key(|(_, expires)| **expires)
+                .map(|(n, _)| n.clone())
+        {
+            self.nonces.remove(&oldest);
+        }
+        let expires = cmd.expires_at_ms.unwrap_or(u64::MAX);
+        self.nonces.insert(nonce.clone(), expires);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ebb_proto::command::{Action, Drain, Resume};
+
+    const NOW: u64 = 1_000_000;
+
+    fn secret() -> Secret {
+        Secret::new("gate-test-secret-0123456789").unwrap()
+    }
+
+    fn gate(secret: Option<Secret>) -> (Gate, Uuid) {
+        let instance = Uuid::new_v4();
+        (
+            Gate::new("node-a".into(), instance, NOW - 10_000, secret),
+            instance,
+        )
+    }
+
+    fn drain(target: &str) -> Command {
+        let mut cmd = Command::new(target, Action::Drain(Drain::default()));
+        cmd.issued_at_ms = Some(NOW);
+        cmd
+    }
+
+    fn label(v: Verdict) -> String {
+        match v {
+            Verdict::Apply(_) => "apply".into(),
+            Verdict::Ignore(why) => format!("ignore: {why}"),
+            Verdict::Refuse(r) => format!("refuse: {}", r.label()),
+        }
+    }
+
+    #[test]
+    fn obeys_a_command_for_it_once() {
+        let (mut gate, _) = gate(None);
+        let payload = drain("node-a").encode(None, 0);
+        assert_eq!(
+            label(gate.check(payload.as_bytes(), Delivery::Live, NOW)),
+            "apply"
+        );
+        assert_eq!(
+            label(gate.check(payload.as_bytes(), Delivery::Desired, NOW)),
+            "ignore: already applied"
+        );
+        assert_eq!(
+            label(gate.check(payload.as_bytes(), Delivery::Live, NOW)),
+            "ignore: already applied"
+        );
+    }
+
+    #[test]
+    fn refuses_other_targets_and_instances() {
+        let (mut gate, instance) = gate(None);
+        let other = drain("node-b").encode(None, 0);
+        assert_eq!(
+            label(gate.check(other.as_bytes(), Delivery::Live, NOW)),
+            "refuse: wrong_target"
+        );
+        let mut old = drain("node-a");
+        old.instance = Some(Uuid::new_v4());
+        let old = old.encode(None, 0);
+        assert_eq!(
+            label(gate.check(old.as_bytes(), Delivery::Live, NOW)),
+            "refuse: wrong_instance"
+        );
+        assert_eq!(
+            label(gate.check(old.as_bytes(), Delivery::Desired, NOW)),
+            "ignore: desired state for a previous instance"
+        );
+        let mut mine = drain("node-a");
+        mine.instance = Some(instance);
+        assert_eq!(
+            label(gate.check(mine.encode(None, 0).as_bytes(), Delivery::Desired, NOW)),
+            "apply"
+        );
+    }
+
+    #[test]
+    fn desired_state_from_before_this_instance_is_not_for_it() {
+        let (mut gate, _) = gate(None);
+        let mut stale = drain("node-a");
+        stale.issued_at_ms = Some(NOW - 60_000);
+        assert_eq!(
+            label(gate.check(stale.encode(None, 0).as_bytes(), Delivery::Desired, NOW)),
+            "ignore: desired state older than this instance"
+        );
+        let mut undated = drain("node-a");
+        undated.issued_at_ms = None;
+        let undated = undated.encode(None, 0);
+        assert_eq!(
+            label(gate.check(undated.as_bytes(), Delivery::Desired, NOW)),
+            "ignore: desired state older than this instance"
+        );
+        // The same command live is obeyed: it is being sent now.
+        assert_eq!(
+            label(gate.check(undated.as_bytes(), Delivery::Live, NOW)),
+            "apply"
+        );
+    }
+
+    #[test]
+    fn with_a_secret_only_fresh_signed_commands_pass() {
+        let (mut gate, _) = gate(Some(secret()));
+        let now = ebb_proto::time::now_ms();
+        let mut cmd = Command::new("node-a", Action::Resume(Resume {}));
+        cmd.issued_at_ms = Some(now);
+        let unsigned = cmd.encode(None, 0);
+        assert_eq!(
+            label(gate.check(unsigned.as_bytes(), Delivery::Live, now)),
+            "refuse: unsigned"
+        );
+        let signed = cmd.encode(Some(&secret()), 60_000);
+        assert_eq!(
+            label(gate.check(signed.as_bytes(), Delivery::Live, now)),
+            "apply"
+        );
+        assert_eq!(
+            label(gate.check(signed.as_bytes(), Delivery::Live, now)),
+            "refuse: replayed"
+        );
+        assert_eq!(
+            label(gate.check(signed.as_bytes(), Delivery::Desired, now)),
+            "ignore: already applied"
+        );
+        let forged = cmd.encode(Some(&Secret::new("not-the-right-secret!").unwrap()), 60_000);
+        assert_eq!(
+            label(gate.check(forged.as_bytes(), Delivery::Live, now)),
+            "refuse: bad_signature"
+        );
+    }
+
+    #[test]
+    fn nonces_are_bounded() {
+        let (mut gate, _) = gate(Some(secret()));
+        let now = ebb_proto::time::now_ms();
+        for _ in 0..(MAX_NONCES + 10) {
+            let mut cmd = Command::new("node-a", Action::Resume(Resume {}));
+            cmd.issued_at_ms = Some(now);
+            let signed = cmd.encode(Some(&secret()), 60_000);
+            assert_eq!(
+                label(gate.check(signed.as_bytes(), Delivery::Live, now)),
+                "apply"
+            );
+        }
+        assert!(gate.nonces.len() <= MAX_NONCES);
+        assert!(gate.applied.len() <= MAX_APPLIED);
+    }
+}

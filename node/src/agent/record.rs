@@ -1,0 +1,111 @@
+//! Writing and removing this node's record, atomically, without clobbering a newer instance.
+//!
+//! Two processes can briefly share a name (a replacement started before its predecessor exited,
+//! a partition that healed). The newest start wins: an older instance stops writing the record
+//! once a newer one owns it, and an instance deletes the record only if it still owns it.
+
+use ebb_proto::record::NodeRecord;
+use ebb_proto::{Keys, NodeState};
+use redis::Script;
+use std::sync::LazyLock;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// KEYS: record, index. ARGV: instance, started_at_ms, ttl_ms, now_ms, name, field, value, ...
+/// Returns 1 when written, 0 when a newer instance owns the record.
+static WRITE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local current = redis.call('HGET', KEYS[1], 'instance')
+if current and current ~= ARGV[1] then
+  local started = tonumber(redis.call('HGET', KEYS[1], 'started_at_ms') or '0')
+  if started > tonumber(ARGV[2]) then return 0 end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+return 1
+"#,
+    )
+});
+
+/// KEYS: record, index. ARGV: instance, name. Returns 1 when removed.
+static REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('HGET', KEYS[1], 'instance') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// Who this node is, for its record.
+#[derive(Debug, Clone)]
+pub(crate) struct Identity {
+    pub name: String,
+    pub instance: Uuid,
+    pub url: String,
+    pub version: String,
+    pub capacity: Option<u64>,
+    pub started_at_ms: u64,
+}
+
+impl Identity {
+    pub fn record(&self, state: NodeState, connections: u64, now_ms: u64) -> NodeRecord {
+        NodeRecord {
+            name: self.name.clone(),
+            instance: self.instance,
+            url: self.url.clone(),
+            version: self.version.clone(),
+            state,
+            connections,
+            capacity: self.capacity,
+            started_at_ms: self.started_at_ms,
+            updated_at_ms: now_ms,
+        }
+    }
+}
+
+/// Writes the record and refreshes its TTL; `false` when a newer instance owns the name.
+pub(crate) async fn write(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &Keys,
+    record: &NodeRecord,
+    ttl: Duration,
+) -> redis::RedisResult<bool> {
+    let mut invocation = WRITE.prepare_invoke();
+    invocation
+        .key(keys.node(&record.name))
+        .key(keys.nodes())
+        .arg(record.instance.to_string())
+        .arg(record.started_at_ms)
+        .arg(ttl.as_millis() as u64)
+        .arg(record.updated_at_ms)
+        .arg(&record.name);
+    for (name, value) in record.to_fields() {
+        invocation.arg(name).arg(value);
+    }
+    let written: i64 = invocation.invoke_async(conn).await?;
+    Ok(written == 1)
+}
+
+/// Removes the record if this instance owns it.
+pub(crate) async fn remove(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: &Keys,
+    identity: &Identity,
+) -> redis::RedisResult<bool> {
+    let removed: i64 = REMOVE
+        .key(keys.node(&identity.name))
+        .key(keys.nodes())
+        .arg(identity.instance.to_string())
+        .arg(&identity.name)
+        .invoke_async(conn)
+        .await?;
+    Ok(removed == 1)
+}

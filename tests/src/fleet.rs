@@ -1,0 +1,232 @@
+//! A cluster of `ebb-node` processes registered in Redis, with the test playing the supervisor
+//! (a node that exits is started again under the same name, as systemd or Kubernetes would),
+//! the `ebb` CLI, and a log of every event the nodes publish.
+
+use crate::process::{Node, Proc};
+use ebb_proto::{Event, EventKind, Keys, NodeState};
+use futures_util::StreamExt;
+use nix::sys::signal::Signal;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// One node name under supervision.
+#[derive(Debug)]
+pub struct Supervised {
+    pub name: String,
+    /// Start it again when it exits.
+    restart: Arc<AtomicBool>,
+    pid: Arc<AtomicU32>,
+    starts: Arc<AtomicUsize>,
+    addr: watch::Receiver<Option<SocketAddr>>,
+    task: JoinHandle<()>,
+}
+
+impl Supervised {
+    /// Starts `ebb-node --name <name> <args>` and keeps it running.
+    pub async fn start(name: &str, args: Vec<String>) -> Supervised {
+        let restart = Arc::new(AtomicBool::new(true));
+        let pid = Arc::new(AtomicU32::new(0));
+        let starts = Arc::new(AtomicUsize::new(0));
+        let (addr_tx, mut addr) = watch::channel(None);
+        let mut all = vec!["--name".to_owned(), name.to_owned()];
+        all.extend(args);
+        let task = tokio::spawn({
+            let (restart, pid, starts) = (restart.clone(), pid.clone(), starts.clone());
+            async move {
+                loop {
+                    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+                    let mut node = Node::start(&all).await;
+                    pid.store(node.proc.pid(), Ordering::SeqCst);
+                    starts.fetch_add(1, Ordering::SeqCst);
+                    addr_tx.send_replace(Some(node.addr));
+                    node.proc.wait(Duration::from_secs(3600)).await;
+                    addr_tx.send_replace(None);
+                    if !restart.load(Ordering::SeqCst) {
+                        return;
+                    }
+                }
+            }
+        });
+        addr.wait_for(Option::is_some)
+            .await
+            .expect("the supervisor runs");
+        Supervised {
+            name: name.to_owned(),
+            restart,
+            pid,
+            starts,
+            addr,
+            task,
+        }
+    }
+
+    /// Whether an exit is followed by a new start.
+    pub fn set_restart(&self, restart: bool) {
+        self.restart.store(restart, Ordering::SeqCst);
+    }
+
+    /// The running process's address (waits while it restarts).
+    pub async fn addr(&self) -> SocketAddr {
+        let mut addr = self.addr.clone();
+        let current = *addr
+            .wait_for(Option::is_some)
+            .await
+            .expect("the supervisor runs");
+        current.expect("checked")
+    }
+
+    /// `ws://<addr>/ws` of the running process.
+    pub async fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr().await)
+    }
+
+    /// How many times it has been started.
+    pub fn starts(&self) -> usize {
+        self.starts.load(Ordering::SeqCst)
+    }
+
+    /// Sends a signal to the running process.
+    pub fn signal(&self, signal: Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid.load(Ordering::SeqCst) as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        self.restart.store(false, Ordering::SeqCst);
+        self.task.abort();
+    }
+}
+
+/// The arguments every node of a test cluster gets.
+pub fn node_args(redis_url: &str, cluster: &str, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--redis",
+        redis_url,
+        "--cluster",
+        cluster,
+        "--heartbeat-interval",
+        "300ms",
+        "--record-ttl",
+        "2s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+/// Runs `ebb --redis <url> --cluster <cluster> <args>` to its end; returns (exit code, stdout,
+/// stderr lines).
+pub async fn ebb(
+    redis_url: &str,
+    cluster: &str,
+    args: &[&str],
+    limit: Duration,
+) -> (i32, String, Vec<String>) {
+    let mut proc = ebb_spawn(redis_url, cluster, args);
+    let (status, stdout) = proc.wait_with_output(limit).await;
+    (status.code().unwrap_or(-1), stdout.join("\n"), proc.logs())
+}
+
+/// Starts `ebb --redis <url> --cluster <cluster> <args>` without waiting.
+pub fn ebb_spawn(redis_url: &str, cluster: &str, args: &[&str]) -> Proc {
+    let mut all = vec![
+        "--redis".to_owned(),
+        redis_url.to_owned(),
+        "--cluster".to_owned(),
+        cluster.to_owned(),
+    ];
+    all.extend(args.iter().map(|s| s.to_string()));
+    Proc::spawn(&crate::bin::path("ebb"), &all)
+}
+
+/// Every event of a cluster, with when it was received.
+#[derive(Debug, Clone, Default)]
+pub struct EventLog {
+    events: Arc<Mutex<Vec<(Instant, Event)>>>,
+}
+
+impl EventLog {
+    /// Subscribes to the cluster's event channel; returns once subscribed.
+    pub async fn start(redis_url: &str, cluster: &str) -> EventLog {
+        let client = redis::Client::open(redis_url).expect("a valid URL");
+        let mut pubsub = client.get_async_pubsub().await.expect("pub/sub connection");
+        pubsub
+            .subscribe(Keys::new(cluster).unwrap().events())
+            .await
+            .expect("subscribe");
+        let log = EventLog::default();
+        let events = log.events.clone();
+        tokio::spawn(async move {
+            let mut stream = pubsub.into_on_message();
+            while let Some(message) = stream.next().await {
+                if let Some(event) = Event::decode(message.get_payload_bytes()) {
+                    events.lock().unwrap().push((Instant::now(), event));
+                }
+            }
+        });
+        log
+    }
+
+    /// Everything so far.
+    pub fn events(&self) -> Vec<(Instant, Event)> {
+        self.events.lock().unwrap().clone()
+    }
+
+    /// Waits until an event satisfies `pred`; returns it.
+    pub async fn wait_for(&self, limit: Duration, pred: impl Fn(&Event) -> bool) -> Event {
+        crate::eventually("an event", limit, || async {
+            self.events
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, e)| pred(e))
+                .map(|(_, e)| e.clone())
+        })
+        .await
+    }
+
+    /// Checks the rollout invariants over the log: at no moment were two instances draining,
+    /// and each drained instance reached zero connections (or finished its drain) before the next
+    /// instance began draining. Returns the drained instances in order, by node name.
+    pub fn assert_one_at_a_time(&self) -> Vec<(String, uuid::Uuid)> {
+        let mut draining: HashMap<uuid::Uuid, String> = HashMap::new();
+        let mut order = Vec::new();
+        for (_, event) in self.events() {
+            match &event.kind {
+                EventKind::State {
+                    state: NodeState::Draining,
+                    ..
+                } => {
+                    assert!(
+                        draining.is_empty(),
+                        "{} began draining while {:?} still was",
+                        event.node,
+                        draining.values().collect::<Vec<_>>()
+                    );
+                    draining.insert(event.instance, event.node.clone());
+                    order.push((event.node.clone(), event.instance));
+                }
+                EventKind::Connections { connections: 0 }
+                | EventKind::Drained { .. }
+                | EventKind::Deregistered {}
+                | EventKind::State {
+                    state: NodeState::Drained,
+                    ..
+                } => {
+                    draining.remove(&event.instance);
+                }
+                _ => {}
+            }
+        }
+        order
+    }
+}
