@@ -1,9 +1,26 @@
 //! ebb-client: WebSocket clients for fleets that drain.
 //!
+//! [`Client`] survives rolling restarts: it honours the delay a draining server advises, fails
+//! over between URLs, resends what was not answered and drops duplicate answers, so the
+//! application sees every reply exactly once. `ebb-load` (the binary) uses it to put a fleet
+//! under load through a drain or a rolling restart.
+//!
 //! Layout:
-//! - [`connect`]: one WebSocket connection, optionally from a chosen source address (so a load
-//!   generator can open more connections than one address has ephemeral ports);
-//! - [`load`]: the modes of the `ebb-load` generator.
+//! - [`client`]: the reconnecting client ([`Client`], [`ClientConfig`], [`Event`]);
+//! - [`backoff`]: advised delays and full-jitter exponential backoff;
+//! - [`protocol`]: how messages carry ids ([`Correlate`], [`Echo`] for ebb's echo app);
+//! - [`stats`]: what a client counts;
+//! - [`connect`]: one connection, optionally from a chosen source address;
+//! - [`load`]: the modes of `ebb-load`.
 
+pub mod backoff;
+pub mod client;
 pub mod connect;
 pub mod load;
+pub mod protocol;
+pub mod stats;
+
+pub use backoff::Backoff;
+pub use client::{Client, ClientConfig, Event};
+pub use protocol::{Correlate, Echo};
+pub use stats::Stats;

@@ -4,14 +4,25 @@
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where progress goes.
 #[derive(Debug)]
 pub struct Progress {
     bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
     last: HashMap<String, String>,
+    /// Plain lines: when each node's line was last printed, so counts that move every few
+    /// milliseconds print about once a second rather than at every change.
+    printed: HashMap<String, (String, Instant)>,
 }
+
+/// The part of a message that is not a number, so "3 left" and "2 left" count as one kind.
+fn shape(message: &str) -> String {
+    message.chars().filter(|c| !c.is_ascii_digit()).collect()
+}
+
+/// How often a plain line about the same thing may repeat.
+const PLAIN_EVERY: Duration = Duration::from_secs(1);
 
 impl Progress {
     /// Bars on a terminal (unless `quiet`), lines otherwise.
@@ -20,6 +31,7 @@ impl Progress {
             return Progress {
                 bars: None,
                 last: HashMap::new(),
+                printed: HashMap::new(),
             };
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
@@ -39,6 +51,7 @@ impl Progress {
         Progress {
             bars: Some((multi, bars)),
             last: HashMap::new(),
+            printed: HashMap::new(),
         }
     }
 
@@ -54,7 +67,18 @@ impl Progress {
                     bar.set_message(message);
                 }
             }
-            None => eprintln!("ebb: {name}: {message}"),
+            None => {
+                let now = Instant::now();
+                let kind = shape(&message);
+                let repeat = self
+                    .printed
+                    .get(name)
+                    .is_some_and(|(k, at)| *k == kind && now.duration_since(*at) < PLAIN_EVERY);
+                if !repeat {
+                    eprintln!("ebb: {name}: {message}");
+                    self.printed.insert(name.to_owned(), (kind, now));
+                }
+            }
         }
     }
 

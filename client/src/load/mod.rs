@@ -1,6 +1,8 @@
 //! The modes of `ebb-load`. Each one is bounded in count and time and ends with a JSON summary.
 
+pub mod echo;
 pub mod hold;
+pub mod soak;
 
 use std::net::{IpAddr, Ipv4Addr};
 
