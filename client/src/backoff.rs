@@ -35,14 +35,16 @@ impl Default for Backoff {
 impl Backoff {
     /// The cap of the `attempt`th consecutive failure (0-based).
     pub fn cap(&self, attempt: u32) -> Duration {
-        backon::ExponentialBuilder::default()
+        // backon computes in f32; whole milliseconds keep the schedule exact.
+        let cap = backon::ExponentialBuilder::default()
             .with_min_delay(self.min)
             .with_max_delay(self.max)
             .with_factor(2.0)
             .without_max_times()
             .build()
             .nth(attempt as usize)
-            .unwrap_or(self.max)
+            .unwrap_or(self.max);
+        Duration::from_millis(cap.as_millis() as u64)
     }
 
     /// The delay before the next attempt: the advised one when the server gave one (capped),

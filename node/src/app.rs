@@ -12,8 +12,9 @@ use tungstenite::Message;
 
 /// What a node does with each text or binary message.
 pub trait App: Send + Sync + 'static {
-    /// The future of one reply.
-    type Reply: Future<Output = Option<Message>> + Send + 'static;
+    /// The future of one reply. `Unpin` so a reply that is ready at once can be polled in place
+    /// and sent without queueing (box an `async` block: `Box::pin(async move { ... })`).
+    type Reply: Future<Output = Option<Message>> + Send + Unpin + 'static;
 
     /// Handles one message; resolves to the reply to send, or `None` for no reply.
     fn handle(&self, message: Message) -> Self::Reply;

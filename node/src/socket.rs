@@ -16,6 +16,8 @@ use crate::registry::{CloseOrder, Mailbox};
 use ebb_proto::close;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
@@ -76,12 +78,17 @@ where
     let mut ping = interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut awaiting_pong = false;
+    // Created once rather than per iteration: each one registers a waiter, and re-registering
+    // on every message would cost a few lock round-trips per message.
+    let mut terminate = std::pin::pin!(cx.terminate.cancelled());
+    let mut mailbox = std::pin::pin!(cx.mailbox.next());
 
     let order = loop {
         tokio::select! {
             biased;
-            _ = cx.terminate.cancelled() => return Outcome::Terminated,
-            orders = cx.mailbox.next() => {
+            () = &mut terminate => return Outcome::Terminated,
+            orders = &mut mailbox => {
+                mailbox.set(cx.mailbox.next());
                 if let Some(notice) = orders.notice
                     && ws.send(Message::text(notice)).await.is_err()
                 {
@@ -102,7 +109,21 @@ where
             message = ws.next(), if inflight.len() < cx.config.max_inflight => match message {
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                     cx.metrics.received();
-                    inflight.push_back(cx.app.handle(message));
+                    let mut reply = cx.app.handle(message);
+                    // Fast path: with nothing queued ahead, a reply that is ready at once goes
+                    // straight out (no queue entry, no second trip through the loop).
+                    if inflight.is_empty()
+                        && let Some(ready) = poll_once(&mut reply)
+                    {
+                        if let Some(reply) = ready {
+                            if ws.send(reply).await.is_err() {
+                                return Outcome::Gone;
+                            }
+                            cx.metrics.answered();
+                        }
+                        continue;
+                    }
+                    inflight.push_back(reply);
                 }
                 Some(Ok(Message::Pong(_))) => awaiting_pong = false,
                 Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
@@ -127,6 +148,16 @@ where
     };
     // Boxed: the closing half's timers would otherwise sit in every idle connection's task.
     Box::pin(close(ws, cx, inflight, order)).await
+}
+
+/// Polls a future once without a waker to wake: `Some` if it is already done. Used only on a
+/// future that, if pending, is then handed to a queue that polls it with a real waker.
+fn poll_once<F: Future + Unpin>(future: &mut F) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match Pin::new(future).poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
+    }
 }
 
 /// The closing half: answer what was received, send the Close, wait for the client's.

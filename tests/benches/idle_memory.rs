@@ -45,29 +45,6 @@ fn args() -> Args {
     args
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-/// RSS once it stops moving (bounded).
-async fn settled_rss(pid: u32) -> u64 {
-    let mut last = rss_kib(pid);
-    for _ in 0..25 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = rss_kib(pid);
-        if now.abs_diff(last) * 1000 <= last {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
-
 /// Opens `n` connections to `url` in client processes of at most `per_process` each.
 async fn hold(url: &str, n: usize, per_process: usize, first_source: usize) -> Vec<Proc> {
     let mut procs = Vec::new();
@@ -120,9 +97,9 @@ async fn measure(name: &'static str, server: Proc, addr: String, args: &Args) ->
     let url = format!("ws://{addr}/ws");
     let pid = server.pid();
     let first = hold(&url, args.base, args.per_process, 1).await;
-    let base_kib = settled_rss(pid).await;
+    let base_kib = ebb_tests::procfs::settled_rss_kib(pid).await;
     let rest = hold(&url, args.connections - args.base, args.per_process, 2).await;
-    let full_kib = settled_rss(pid).await;
+    let full_kib = ebb_tests::procfs::settled_rss_kib(pid).await;
     let per_conn_kib = (full_kib - base_kib) as f64 / (args.connections - args.base) as f64;
     drop((first, rest, server));
     Measure {

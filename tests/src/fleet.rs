@@ -152,6 +152,8 @@ pub fn ebb_spawn(redis_url: &str, cluster: &str, args: &[&str]) -> Proc {
 #[derive(Debug, Clone, Default)]
 pub struct EventLog {
     events: Arc<Mutex<Vec<(Instant, Event)>>>,
+    /// The subscriber task, until [`EventLog::stop`].
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl EventLog {
@@ -165,7 +167,7 @@ impl EventLog {
             .expect("subscribe");
         let log = EventLog::default();
         let events = log.events.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut stream = pubsub.into_on_message();
             while let Some(message) = stream.next().await {
                 if let Some(event) = Event::decode(message.get_payload_bytes()) {
@@ -173,7 +175,18 @@ impl EventLog {
                 }
             }
         });
+        *log.task.lock().unwrap() = Some(task);
         log
+    }
+
+    /// Unsubscribes: ends the subscriber task and waits for it (the events so far stay). The
+    /// task also ends by itself when Redis closes the connection (a Redis stopped or removed).
+    pub async fn stop(&self) {
+        let task = self.task.lock().unwrap().take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     /// Everything so far.
@@ -196,7 +209,9 @@ impl EventLog {
 
     /// Checks the rollout invariants over the log: at no moment were two instances draining,
     /// and each drained instance reached zero connections (or finished its drain) before the next
-    /// instance began draining. Returns the drained instances in order, by node name.
+    /// instance began draining. An instance that vanished mid-drain (killed: it publishes nothing
+    /// more) counts as finished once a new instance registers under its name. Returns the drained
+    /// instances in order, by node name.
     pub fn assert_one_at_a_time(&self) -> Vec<(String, uuid::Uuid)> {
         let mut draining: HashMap<uuid::Uuid, String> = HashMap::new();
         let mut order = Vec::new();
@@ -223,6 +238,11 @@ impl EventLog {
                     ..
                 } => {
                     draining.remove(&event.instance);
+                }
+                EventKind::Registered { .. } => {
+                    draining.retain(|instance, name| {
+                        *name != event.node || *instance == event.instance
+                    });
                 }
                 _ => {}
             }

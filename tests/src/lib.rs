@@ -3,18 +3,23 @@
 //!
 //! - [`bin`]: where the workspace's binaries are;
 //! - [`process`]: a node (or any ebb binary) as a child process, its logs, signals and exit;
+//! - [`procfs`]: memory and CPU time of a process, for benchmarks;
 //! - [`http`]: a small real HTTP/1.1 client (hyper) for `/health`, `/metrics`, `/admin/*`;
 //! - [`ws`]: WebSocket clients: a well-behaved one (tokio-tungstenite) and a raw one that speaks
 //!   the protocol by hand so it can misbehave (never answer a Close or a ping);
 //! - [`fleet`]: a cluster of supervised nodes in Redis, the `ebb` CLI, and the event log;
 //! - [`redis`]: Redis in a container (testcontainers, from the locally built image);
+//! - [`containers`]: Redis and supervised `ebb-node` containers on a per-test Docker network,
+//!   with faults to inject (kill, pause, Redis stop/start, cutting a node off from Redis);
 //! - [`eventually`]: poll a condition until it holds, instead of sleeping.
 
 pub mod bin;
+pub mod containers;
 pub mod eventually;
 pub mod fleet;
 pub mod http;
 pub mod process;
+pub mod procfs;
 pub mod redis;
 pub mod ws;
 

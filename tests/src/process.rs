@@ -184,9 +184,25 @@ pub struct Node {
 impl Node {
     /// Starts `ebb-node --listen 127.0.0.1:0 <args>` and waits until it is active.
     pub async fn start(args: &[&str]) -> Node {
+        Node::start_on(None, args).await
+    }
+
+    /// Like [`Node::start`], pinned to CPU `cpu` when given (`taskset`, for benchmarks).
+    pub async fn start_on(cpu: Option<usize>, args: &[&str]) -> Node {
         let mut all = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
         all.extend(args.iter().map(|a| a.to_string()));
-        let proc = Proc::spawn(&crate::bin::path("ebb-node"), &all);
+        let proc = match cpu {
+            None => Proc::spawn(&crate::bin::path("ebb-node"), &all),
+            Some(cpu) => {
+                let mut pinned = vec![
+                    "-c".to_owned(),
+                    cpu.to_string(),
+                    crate::bin::path("ebb-node").display().to_string(),
+                ];
+                pinned.extend(all);
+                Proc::spawn(std::path::Path::new("taskset"), &pinned)
+            }
+        };
         let line = proc.wait_log("node active", Duration::from_secs(10)).await;
         let addr = line
             .split_whitespace()

@@ -5,7 +5,7 @@
 //! machine with a registry. `scripts/test.sh` builds the image before running the tests.
 
 use std::time::Duration;
-use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::core::{ContainerRequest, IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
@@ -20,10 +20,16 @@ const PORT: u16 = 6379;
 
 /// The image to run, as `(name, tag)`: `EBB_REDIS_IMAGE` or [`DEFAULT_IMAGE`].
 pub fn image() -> (String, String) {
-    let image = std::env::var("EBB_REDIS_IMAGE")
+    image_from_env("EBB_REDIS_IMAGE", DEFAULT_IMAGE)
+}
+
+/// An image named by the environment variable `var` (blank counts as unset) or `default`, as
+/// `(name, tag)`. Shared with the node image of [`crate::containers`] (`EBB_NODE_IMAGE`).
+pub fn image_from_env(var: &str, default: &str) -> (String, String) {
+    let image = std::env::var(var)
         .ok()
         .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| DEFAULT_IMAGE.to_owned());
+        .unwrap_or_else(|| default.to_owned());
     split_image(image.trim())
 }
 
@@ -49,20 +55,26 @@ impl Redis {
     /// Starts a container from [`image()`] and waits until Redis accepts connections. Panics
     /// (saying what to do) when the engine or the image is missing.
     pub async fn run() -> Redis {
+        Redis::run_with(|request| request).await
+    }
+
+    /// Like [`run`](Self::run), with the container request adjusted by `customize` first (a
+    /// container name, labels, ...).
+    pub async fn run_with(
+        customize: impl FnOnce(ContainerRequest<GenericImage>) -> ContainerRequest<GenericImage>,
+    ) -> Redis {
         let (name, tag) = image();
-        let container = GenericImage::new(name.as_str(), tag.as_str())
+        let request = GenericImage::new(name.as_str(), tag.as_str())
             .with_exposed_port(PORT.tcp())
             .with_wait_for(WaitFor::message_on_stdout(READY))
-            .with_startup_timeout(Duration::from_secs(60))
-            .start()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "starting Redis from {name}:{tag}: {e}\n(build the image with \
-                     deploy/images/build.sh; on an engine older than API 1.52, source \
-                     scripts/docker-env.sh first, or run everything with scripts/test.sh)"
-                )
-            });
+            .with_startup_timeout(Duration::from_secs(60));
+        let container = customize(request).start().await.unwrap_or_else(|e| {
+            panic!(
+                "starting Redis from {name}:{tag}: {e}\n(build the image with \
+                 deploy/images/build.sh; on an engine older than API 1.52, source \
+                 scripts/docker-env.sh first, or run everything with scripts/test.sh)"
+            )
+        });
         let url = url(&container).await;
         Redis { container, url }
     }
@@ -127,6 +139,12 @@ impl Redis {
         )
         .await;
         self.url = url(&self.container).await;
+    }
+
+    /// Removes the container (killing Redis if it runs) and waits until it is gone, instead of
+    /// leaving that to the drop.
+    pub async fn rm(self) -> Result<(), testcontainers::TestcontainersError> {
+        self.container.rm().await
     }
 
     /// How many times Redis has logged that it is ready (the container's logs span restarts).

@@ -113,6 +113,9 @@ enum Mode {
         /// After sending stops, how long the last answers may take.
         #[arg(long, default_value = "15s")]
         settle: humantime::Duration,
+        /// Start every client on the first URL (the others are for failover only).
+        #[arg(long)]
+        start_on_first: bool,
         #[command(flatten)]
         sources: SourceArgs,
         /// Print the summary as JSON.
@@ -263,6 +266,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             size,
             duration,
             settle,
+            start_on_first,
             sources,
             json,
         } => {
@@ -278,6 +282,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 settle: settle.into(),
                 sources: sources.sources(),
                 size: size as usize,
+                start_on_first,
             };
             let stop = stop_on_signals()?;
             let bar = spinner();

@@ -24,6 +24,9 @@ pub struct Soak {
     pub sources: super::Sources,
     /// Payload size in bytes.
     pub size: usize,
+    /// Every client starts on the first URL (instead of spreading over them), e.g. to fill one
+    /// node before draining it.
+    pub start_on_first: bool,
 }
 
 /// A distribution, in ms.
@@ -131,7 +134,11 @@ pub async fn run(soak: &Soak, stop: CancellationToken, progress: impl Fn(Live)) 
     let clients: Vec<Arc<Client>> = (0..soak.clients)
         .map(|i| {
             let mut config = ClientConfig::new(soak.urls.clone());
-            config.first_url = i % soak.urls.len().max(1);
+            config.first_url = if soak.start_on_first {
+                0
+            } else {
+                i % soak.urls.len().max(1)
+            };
             config.source = soak.sources.address(i);
             config.events = false;
             Arc::new(Client::start(config, Echo).0)

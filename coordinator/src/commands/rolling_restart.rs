@@ -6,7 +6,7 @@ use crate::progress::Progress;
 use crate::rollout::Policy;
 use crate::rollout::engine::{Engine, Saved};
 use crate::rollout::observe::Observation;
-use crate::rollout::report::Status;
+use crate::rollout::report::{Report, Status};
 use crate::rollout::step::{Action, Rollout};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,53 @@ pub async fn run(
     args: Args,
     interrupt: CancellationToken,
 ) -> Result<Outcome, Error> {
+    let json = args.json;
+    let report = match start(target, args, interrupt).await? {
+        Started::DryRun => return Ok(Outcome::Success),
+        Started::Ran(report) => report,
+        // `--json` always prints one object, also when the rollout never started.
+        Started::Refused(reason) => Report {
+            status: Status::Aborted,
+            cluster: target.cluster.clone(),
+            rollout_id: String::new(),
+            duration_ms: 0,
+            overhead_ms: 0,
+            reason: Some(reason),
+            failed_node: None,
+            nodes: Vec::new(),
+        },
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("a report serializes")
+        );
+    } else if !report.nodes.is_empty() {
+        eprint!("{}", report.summary());
+    }
+    Ok(match report.status {
+        Status::Completed => Outcome::Success,
+        _ => Outcome::Failed(
+            report
+                .reason
+                .unwrap_or_else(|| "rollout stopped".to_owned()),
+        ),
+    })
+}
+
+/// How far a rolling restart got.
+enum Started {
+    DryRun,
+    /// Refused before touching anything (lock held, unfinished rollout, nothing to do).
+    Refused(String),
+    Ran(Report),
+}
+
+async fn start(
+    target: &Target,
+    args: Args,
+    interrupt: CancellationToken,
+) -> Result<Started, Error> {
     let mut cluster = target.connect().await?;
     let records = cluster.nodes().await?;
     let registered: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
@@ -50,7 +97,7 @@ pub async fn run(
         let mut obs = Observation::default();
         obs.apply_records(&records);
         print_plan(&plan, &obs, &args.policy);
-        return Ok(Outcome::Success);
+        return Ok(Started::DryRun);
     }
 
     let ttl = ebb_proto::keys::ROLLOUT_LOCK_TTL;
@@ -65,7 +112,7 @@ pub async fn run(
     };
     let lock = match lock {
         Ok(lock) => lock,
-        Err(error @ LockError::Held { .. }) => return Ok(Outcome::Failed(error.to_string())),
+        Err(error @ LockError::Held { .. }) => return Ok(Started::Refused(error.to_string())),
         Err(LockError::Redis(error)) => return Err(Error::Cluster(error.into())),
     };
 
@@ -94,11 +141,11 @@ pub async fn run(
         }
         (true, None) => {
             let _ = lock.release(cluster.conn()).await;
-            return Ok(Outcome::Failed("there is no rollout to resume".to_owned()));
+            return Ok(Started::Refused("there is no rollout to resume".to_owned()));
         }
         (false, Some(saved)) if !args.fresh => {
             let _ = lock.release(cluster.conn()).await;
-            return Ok(Outcome::Failed(format!(
+            return Ok(Started::Refused(format!(
                 "an unfinished rollout ({}, {}) stopped at node {}; run `ebb rolling-restart --resume` to continue it or `--fresh` to discard it",
                 saved.rollout.id,
                 saved.status,
@@ -108,7 +155,7 @@ pub async fn run(
         (false, _) => {
             if plan.is_empty() {
                 let _ = lock.release(cluster.conn()).await;
-                return Ok(Outcome::Failed(format!(
+                return Ok(Started::Refused(format!(
                     "no nodes registered in cluster {:?}",
                     target.cluster
                 )));
@@ -134,22 +181,7 @@ pub async fn run(
     };
     let report = engine.run(rollout, &mut progress, interrupt).await;
     progress.finish();
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).expect("a report serializes")
-        );
-    } else {
-        eprint!("{}", report.summary());
-    }
-    Ok(match report.status {
-        Status::Completed => Outcome::Success,
-        _ => Outcome::Failed(
-            report
-                .reason
-                .unwrap_or_else(|| "rollout stopped".to_owned()),
-        ),
-    })
+    Ok(Started::Ran(report))
 }
 
 /// `--dry-run`: the order, and whether the first capacity check would pass now.

@@ -23,6 +23,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, interval, interval_at};
 use tokio_util::sync::CancellationToken;
 
+/// How long to wait for the event subscription before the first command.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+
 /// How often timers in the step function are checked when nothing else happens.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -66,6 +69,23 @@ impl Engine {
         let mut exec_task: Option<JoinHandle<Result<(), String>>> = None;
         let mut events_open = true;
 
+        // Subscribed before the first command: an idle node drains and exits within
+        // milliseconds, and events missed then would make its clean exit look like a crash.
+        match tokio::time::timeout(SUBSCRIBE_WAIT, events.recv()).await {
+            Ok(Some(Followed::Subscribed)) => {}
+            Ok(Some(Followed::Lost(why))) => {
+                return self
+                    .finish(
+                        rollout,
+                        started,
+                        Status::Failed,
+                        Some(format!("cannot subscribe to the cluster's events: {why}")),
+                        react,
+                    )
+                    .await;
+            }
+            _ => progress.note("the event subscription is slow; following records until it is up"),
+        }
         match self.cluster.nodes().await {
             Ok(records) => obs.apply_records(&records),
             Err(error) => {
@@ -178,12 +198,9 @@ impl Engine {
                     Some("interrupted; run `ebb rolling-restart --resume` to continue".to_owned()),
                 ),
                 followed = events.recv(), if events_open => match followed {
-                    Some(followed) => {
-                        self.follow(followed, &mut obs, &mut redis_down, progress).await;
-                        while let Ok(more) = events.try_recv() {
-                            self.follow(more, &mut obs, &mut redis_down, progress).await;
-                        }
-                    }
+                    // One event per step: a burst (an idle node drains and exits within
+                    // milliseconds) is seen in order, not only its end.
+                    Some(followed) => self.follow(followed, &mut obs, &mut redis_down, progress).await,
                     None => events_open = false,
                 },
                 done = async { exec_task.as_mut().expect("guarded").await }, if exec_task.is_some() => {
@@ -304,8 +321,14 @@ impl Engine {
 }
 
 fn done_message(result: &super::step::NodeResult) -> String {
+    if result.lost {
+        return format!(
+            "done: the old instance vanished mid-drain (its remaining connections were cut); replacement active {} ms later",
+            result.restart_ms.unwrap_or(0)
+        );
+    }
     format!(
-        "done: {} connection(s) drained in {} ms, replacement active {} ms later{}{}",
+        "done: {} connection(s) drained in {} ms, replacement active {} ms later{}",
         result.connections_before,
         result.drain_ms.unwrap_or(0),
         result.restart_ms.unwrap_or(0),
@@ -313,7 +336,6 @@ fn done_message(result: &super::step::NodeResult) -> String {
             .forced_closes
             .map(|f| format!(", {f} forced"))
             .unwrap_or_default(),
-        if result.lost { " (lost mid-drain)" } else { "" },
     )
 }
 

@@ -4,7 +4,7 @@
 //! overrides a newer event.
 
 use ebb_proto::{Event, EventKind, NodeRecord, NodeState};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -44,6 +44,8 @@ pub struct Observation {
     pub now: Duration,
     pub nodes: BTreeMap<String, NodeView>,
     pub drained: HashMap<Uuid, DrainedInfo>,
+    /// Instances that deregistered (a clean exit; a killed process never does).
+    pub deregistered: HashSet<Uuid>,
 }
 
 impl Observation {
@@ -110,12 +112,20 @@ impl Observation {
                 );
                 true
             }
-            (EventKind::Deregistered {}, Some(view)) if view.instance == event.instance => {
-                self.nodes.remove(&event.node);
+            (EventKind::Deregistered {}, current) => {
+                self.deregistered.insert(event.instance);
+                if current.is_some_and(|view| view.instance == event.instance) {
+                    self.nodes.remove(&event.node);
+                }
                 true
             }
             _ => false,
         }
+    }
+
+    /// Whether `instance` finished a drain or exited cleanly (as opposed to vanishing).
+    pub fn ended_cleanly(&self, instance: Uuid) -> bool {
+        self.drained.contains_key(&instance) || self.deregistered.contains(&instance)
     }
 
     /// Active nodes other than `name`.

@@ -328,9 +328,10 @@ impl Rollout {
                             });
                         }
                     },
-                    // Gone before acknowledging: lost like a node killed mid-drain.
+                    // Gone before we saw it acknowledge: an idle node drains and exits in
+                    // milliseconds; one that vanished without a word was killed.
                     _ => {
-                        if let Some(abort) = self.lost(&name, instance, now, policy) {
+                        if let Some(abort) = self.gone(obs, &name, instance, now, policy) {
                             return Action::Abort(abort);
                         }
                     }
@@ -364,7 +365,7 @@ impl Rollout {
                         }
                     }
                     _ => {
-                        if let Some(abort) = self.lost(&name, instance, now, policy) {
+                        if let Some(abort) = self.gone(obs, &name, instance, now, policy) {
                             return Action::Abort(abort);
                         }
                     }
@@ -448,23 +449,37 @@ impl Rollout {
         }
     }
 
-    /// The old instance disappeared before finishing its drain.
-    fn lost(
+    /// The old instance's record went away before we saw its drain end. If it said it drained or
+    /// deregistered, it simply finished between two observations; otherwise it vanished (killed,
+    /// crashed): wait for its replacement, or abort, by policy.
+    fn gone(
         &mut self,
+        obs: &Observation,
         name: &str,
         instance: Uuid,
         now: Duration,
         policy: &Policy,
     ) -> Option<Abort> {
-        if policy.abort_on_lost {
+        let clean = obs.ended_cleanly(instance);
+        // After a takeover events may have been missed: no proof of a crash either.
+        let lost = !clean && !self.resumed;
+        if lost && policy.abort_on_lost {
+            self.result().lost = true;
             return Some(Abort::Lost {
                 node: name.to_owned(),
             });
         }
-        let resumed = self.resumed;
         let result = self.result();
-        result.lost = !resumed;
-        result.drained_at.get_or_insert(now);
+        result.lost = lost;
+        if result.drained_at.is_none() {
+            result.drained_at = Some(now);
+            if clean {
+                result.drain_ms = result
+                    .drain_started
+                    .map(|s| now.saturating_sub(s).as_millis() as u64);
+            }
+        }
+        self.note_drained(obs, instance);
         self.phase = Phase::Replacing {
             instance,
             since: now,

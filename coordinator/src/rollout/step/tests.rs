@@ -411,3 +411,59 @@ fn progress_survives_serialization_for_resume() {
     assert_eq!(back.step(s.at(10), &policy, None), Action::Wait);
     assert!(matches!(back.phase, Phase::Exiting { .. }));
 }
+
+#[test]
+fn a_node_that_drains_and_exits_between_two_looks_is_not_lost() {
+    let [a, b, a2, ..] = ids();
+    let policy = Policy {
+        abort_on_lost: true,
+        ..Policy::default()
+    };
+    for proof in ["drained", "deregistered"] {
+        let mut s = Script::new(&[("a", a, ACTIVE, 0), ("b", b, ACTIVE, 0)]);
+        let mut r = plan(&["a", "b"]);
+        r.step(s.at(0), &policy, None);
+        // Idle: it drained, exited and deregistered before the next observation.
+        s.remove("a");
+        match proof {
+            "drained" => {
+                s.obs.drained.insert(
+                    a,
+                    DrainedInfo {
+                        clean: 0,
+                        forced: 0,
+                    },
+                );
+            }
+            _ => {
+                s.obs.deregistered.insert(a);
+            }
+        }
+        assert_eq!(r.step(s.at(5), &policy, None), Action::Wait, "{proof}");
+        assert!(matches!(r.phase, Phase::Replacing { .. }));
+        assert!(!r.results[0].lost);
+        assert_eq!(r.results[0].drain_ms, Some(5));
+        s.set("a", a2, ACTIVE, 0);
+        assert_eq!(r.step(s.at(20), &policy, None), Action::NodeDone);
+    }
+}
+
+#[test]
+fn an_aborting_loss_is_marked_lost_in_the_result() {
+    let [a, b, ..] = ids();
+    let policy = Policy {
+        abort_on_lost: true,
+        ..Policy::default()
+    };
+    let mut s = Script::new(&[("a", a, ACTIVE, 3), ("b", b, ACTIVE, 0)]);
+    let mut r = plan(&["a", "b"]);
+    r.step(s.at(0), &policy, None);
+    s.set("a", a, DRAINING, 3);
+    r.step(s.at(1), &policy, None);
+    s.remove("a");
+    assert!(matches!(
+        r.step(s.at(2), &policy, None),
+        Action::Abort(Abort::Lost { .. })
+    ));
+    assert!(r.results[0].lost);
+}
