@@ -7,4 +7,6 @@ cd "$(dirname "$0")/.."
 cargo build --workspace --bins --quiet
 # The images the tests start, built locally (no registry): ebb/redis:local, ebb/node:local.
 deploy/images/build.sh
+# The deploy files (Dockerfile, compose, Kubernetes, systemd), validated offline.
+deploy/check.sh
 exec cargo nextest run --workspace --profile ci "$@"

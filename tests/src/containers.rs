@@ -127,6 +127,9 @@ pub struct Options {
     /// Flags every node gets after `--listen 0.0.0.0:8080 --redis redis://redis:6379 --cluster C
     /// --name N --advertise-url ws://N:8080/ws`.
     pub node_args: Vec<String>,
+    /// Publish each node on a fixed host port, kept across restarts (Docker otherwise picks a
+    /// new one at every start), so clients holding a list of node URLs can come back to it.
+    pub stable_ports: bool,
 }
 
 /// Where a supervised node is.
@@ -194,6 +197,7 @@ impl Fleet {
             cluster: CLUSTER.to_owned(),
             names: names.iter().map(|s| s.to_string()).collect(),
             node_args: node_args.iter().map(|s| s.to_string()).collect(),
+            stable_ports: false,
         })
         .await
     }
@@ -260,6 +264,7 @@ impl Fleet {
                 &self.cluster,
                 name,
                 &options.node_args,
+                options.stable_ports,
                 self.stop.subscribe(),
             )
         });
@@ -663,6 +668,7 @@ impl NodeContainer {
         cluster: &str,
         name: &str,
         extra: &[String],
+        stable_port: bool,
         stop: watch::Receiver<bool>,
     ) -> Result<NodeContainer, String> {
         let (image, tag) = node_image();
@@ -682,9 +688,21 @@ impl NodeContainer {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().cloned());
-        let container = GenericImage::new(image.as_str(), tag.as_str())
-            .with_exposed_port(NODE_PORT.tcp())
-            .with_wait_for(WaitFor::message_on_stderr("node active"))
+        let mut image_request: testcontainers::ContainerRequest<GenericImage> =
+            GenericImage::new(image.as_str(), tag.as_str())
+                .with_exposed_port(NODE_PORT.tcp())
+                .with_wait_for(WaitFor::message_on_stderr("node active"))
+                .into();
+        if stable_port {
+            // A port the kernel just handed out and took back: free, and Docker keeps it
+            // through restarts once it is mapped explicitly.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| format!("finding a free port: {e}"))?
+                .port();
+            image_request = image_request.with_mapped_port(port, NODE_PORT.tcp());
+        }
+        let container = image_request
             .with_container_name(format!("{fleet}-{name}"))
             .with_label(LABEL, fleet)
             .with_env_var("EBB_HEARTBEAT_INTERVAL", "300ms")

@@ -669,3 +669,107 @@ async fn garbage_on_the_command_channels_is_refused_counted_and_every_node_keeps
     assert!(draining_order(&fleet).is_empty());
     fleet.shutdown().await;
 }
+
+// --- 1. A rolling restart under steady traffic --------------------------------------------
+
+/// Three node containers, clients of ebb-client (each knowing every node's URL) sending steadily
+/// throughout a rolling restart: the rollout completes, every message is answered exactly once
+/// at the application, no connection ends abnormally (1006), and every client reconnected.
+#[tokio::test]
+async fn a_rolling_restart_under_steady_traffic_answers_every_message_exactly_once() {
+    use ebb_client::{Client, ClientConfig, Echo, Event};
+    use ebb_tests::containers::Options;
+
+    let fleet = Fleet::start_with(Options {
+        cluster: "test".to_owned(),
+        names: vec!["n1".into(), "n2".into(), "n3".into()],
+        node_args: vec![
+            "--close-spread".into(),
+            "1s".into(),
+            "--echo-delay".into(),
+            "20ms".into(),
+        ],
+        stable_ports: true,
+    })
+    .await;
+    let mut urls = Vec::new();
+    for node in fleet.nodes() {
+        urls.push(node.ws_url().await);
+    }
+    const CLIENTS: usize = 30;
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let mut config = ClientConfig::new(urls.clone());
+        config.first_url = i % urls.len();
+        clients.push(Client::start(config, Echo));
+    }
+    eventually("every client connected", SECS(20), || async {
+        clients.iter().all(|(c, _)| c.is_connected()).then_some(())
+    })
+    .await;
+
+    // Each client sends every 50 ms until the rollout is over.
+    let sending = tokio_util::sync::CancellationToken::new();
+    let clients: Vec<_> = clients
+        .into_iter()
+        .map(|(c, e)| (std::sync::Arc::new(c), e))
+        .collect();
+    let senders: Vec<JoinHandle<Vec<u64>>> = clients
+        .iter()
+        .map(|(client, _)| {
+            let (client, sending) = (client.clone(), sending.clone());
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                while !sending.is_cancelled() {
+                    ids.push(client.send(format!("msg {}", ids.len())));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                ids
+            })
+        })
+        .collect();
+
+    let (code, stdout, logs) = fleet.ebb(&["rolling-restart", "--json"], SECS(120)).await;
+    sending.cancel();
+    let sent = join_within("senders", senders, SECS(10)).await;
+    assert_eq!(code, 0, "{logs:#?}");
+    let report = report_of(&stdout);
+    assert_eq!(report["status"], "completed", "{report}");
+    for entry in report["nodes"].as_array().unwrap() {
+        assert_ne!(entry["old_instance"], entry["new_instance"], "{entry}");
+        assert_eq!(entry["forced_closes"], 0, "{entry}");
+    }
+    eventually("every message answered", SECS(30), || async {
+        clients.iter().all(|(c, _)| c.pending() == 0).then_some(())
+    })
+    .await;
+
+    let mut total_sent = 0;
+    for ((client, mut events), ids) in clients.into_iter().zip(sent) {
+        let mut replies = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            if let Event::Reply { id, .. } = event {
+                replies.push(id);
+            }
+        }
+        replies.sort_unstable();
+        assert_eq!(
+            replies, ids,
+            "each message answered exactly once at the application"
+        );
+        total_sent += ids.len();
+        let client = std::sync::Arc::try_unwrap(client).expect("senders are done");
+        let stats = client.close().await;
+        assert_eq!(stats.abnormal, 0, "no 1006: {stats:?}");
+        assert!(stats.reconnects >= 1, "every client reconnected: {stats:?}");
+        assert!(
+            stats.close_codes.keys().all(|code| *code == 1001),
+            "{stats:?}"
+        );
+    }
+    assert!(
+        total_sent > CLIENTS * 20,
+        "steady traffic: {total_sent} messages"
+    );
+    fleet.shutdown().await;
+}

@@ -145,7 +145,8 @@ struct RollingArgs {
     /// Replacements register under new names (Kubernetes pods): wait for the active count.
     #[arg(long)]
     ephemeral_names: bool,
-    /// Command run per node after its drain; {name} and {instance} are replaced.
+    /// Command run per node after its drain (the node is told to stay drained, and the command
+    /// restarts it); {name} and {instance} are replaced.
     #[arg(long)]
     exec: Option<String>,
     /// When a node vanishes mid-drain (killed): wait for its replacement, or abort.

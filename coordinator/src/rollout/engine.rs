@@ -131,7 +131,13 @@ impl Engine {
                     let mut cmd = Command::new(
                         node.clone(),
                         command::Action::Drain(Drain {
-                            then: Then::Exit,
+                            // With --exec the command restarts the node: it stays drained
+                            // until then, so its own supervisor does not race the exec.
+                            then: if self.policy.exec {
+                                Then::Stay
+                            } else {
+                                Then::Exit
+                            },
                             deadline_ms: None,
                         }),
                     );
