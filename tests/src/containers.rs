@@ -261,10 +261,8 @@ impl Fleet {
                 self.docker.clone(),
                 &self.id,
                 &self.network,
-                &self.cluster,
+                options,
                 name,
-                &options.node_args,
-                options.stable_ports,
                 self.stop.subscribe(),
             )
         });
@@ -665,12 +663,11 @@ impl NodeContainer {
         docker: Docker,
         fleet: &str,
         network: &str,
-        cluster: &str,
+        options: &Options,
         name: &str,
-        extra: &[String],
-        stable_port: bool,
         stop: watch::Receiver<bool>,
     ) -> Result<NodeContainer, String> {
+        let (cluster, extra) = (options.cluster.as_str(), &options.node_args);
         let (image, tag) = node_image();
         let mut args: Vec<String> = [
             "--listen",
@@ -693,7 +690,7 @@ impl NodeContainer {
                 .with_exposed_port(NODE_PORT.tcp())
                 .with_wait_for(WaitFor::message_on_stderr("node active"))
                 .into();
-        if stable_port {
+        if options.stable_ports {
             // A port the kernel just handed out and took back: free, and Docker keeps it
             // through restarts once it is mapped explicitly.
             let port = std::net::TcpListener::bind("127.0.0.1:0")
