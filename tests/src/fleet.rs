@@ -38,9 +38,17 @@ impl Supervised {
         let task = tokio::spawn({
             let (restart, pid, starts) = (restart.clone(), pid.clone(), starts.clone());
             async move {
+                let mut listen: Option<SocketAddr> = None;
                 loop {
-                    let all: Vec<&str> = all.iter().map(String::as_str).collect();
-                    let mut node = Node::start(&all).await;
+                    // Every start after the first listens where the first did, so clients that
+                    // hold the node's URL find it again.
+                    let mut args = all.clone();
+                    if let Some(addr) = listen {
+                        args.extend(["--listen".to_owned(), addr.to_string()]);
+                    }
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    let mut node = Node::start(&args).await;
+                    listen = Some(node.addr);
                     pid.store(node.proc.pid(), Ordering::SeqCst);
                     starts.fetch_add(1, Ordering::SeqCst);
                     addr_tx.send_replace(Some(node.addr));

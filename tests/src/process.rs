@@ -182,14 +182,18 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts `ebb-node --listen 127.0.0.1:0 <args>` and waits until it is active.
+    /// Starts `ebb-node --listen 127.0.0.1:0 <args>` (unless `args` has its own `--listen`) and
+    /// waits until it is active.
     pub async fn start(args: &[&str]) -> Node {
         Node::start_on(None, args).await
     }
 
     /// Like [`Node::start`], pinned to CPU `cpu` when given (`taskset`, for benchmarks).
     pub async fn start_on(cpu: Option<usize>, args: &[&str]) -> Node {
-        let mut all = vec!["--listen".to_owned(), "127.0.0.1:0".to_owned()];
+        let mut all = Vec::new();
+        if !args.contains(&"--listen") {
+            all.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
+        }
         all.extend(args.iter().map(|a| a.to_string()));
         let proc = match cpu {
             None => Proc::spawn(&crate::bin::path("ebb-node"), &all),
