@@ -523,3 +523,36 @@ async fn the_cli_exits_2_when_redis_is_unreachable_or_flags_are_bad() {
     .await;
     assert_eq!(code, 2);
 }
+
+#[tokio::test]
+async fn the_readme_redis_cli_payloads_drain_and_resume_a_node() {
+    let redis = Redis::run().await;
+    let mut c = conn(&redis).await;
+    let args = node_args(redis.url(), "default", &["--name", "node-a", "--close-spread", "0s"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let node = Node::start(&args).await;
+    let channel = "ebb:{default}:commands:node-a";
+    eventually("subscribed", SECS(5), || async {
+        let (_, n): (String, i64) = redis::cmd("PUBSUB")
+            .arg(&["NUMSUB", channel])
+            .query_async(&mut conn(&redis).await)
+            .await
+            .unwrap();
+        (n == 1).then_some(())
+    })
+    .await;
+    // Exactly what README.md tells CI/CD systems to publish, with then: stay.
+    let drain = r#"{"v":1,"id":"deploy-42","target":"node-a","type":"drain","then":"stay"}"#;
+    let n: i64 = c.publish(channel, drain).await.unwrap();
+    assert_eq!(n, 1);
+    eventually("drained", SECS(5), || async {
+        (http::get(node.addr, "/health").await.json()["status"] == "drained").then_some(())
+    })
+    .await;
+    let resume = r#"{"v":1,"id":"r-1","target":"node-a","type":"resume"}"#;
+    let _: i64 = c.publish(channel, resume).await.unwrap();
+    eventually("active again", SECS(5), || async {
+        (http::get(node.addr, "/health").await.status == 200).then_some(())
+    })
+    .await;
+}
