@@ -40,8 +40,12 @@ pub struct ClientConfig {
     pub websocket: WebSocketConfig,
     /// Source address (load generators spread connections over several).
     pub source: Option<IpAddr>,
-    /// Emit [`Event`]s (off for load generators that only need [`Stats`]).
+    /// Emit [`Event`]s (off for load generators that only need [`Stats`]). When on, read the
+    /// receiver: events queue until read.
     pub events: bool,
+    /// Largest message [`Client::send`] accepts, in bytes (ebb-node's default limit): a larger
+    /// one would be closed with 1009 and resent forever.
+    pub max_message_size: usize,
 }
 
 impl ClientConfig {
@@ -55,6 +59,7 @@ impl ClientConfig {
             websocket: connect::lean_config(),
             source: None,
             events: true,
+            max_message_size: 64 * 1024,
         }
     }
 }
@@ -85,6 +90,13 @@ pub enum Event {
     },
 }
 
+/// A message the client will not take.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("message of {size} bytes exceeds the {max}-byte limit")]
+    TooLarge { size: usize, max: usize },
+}
+
 enum Command {
     Send(u64, String),
     Close,
@@ -94,6 +106,7 @@ enum Command {
 #[derive(Debug)]
 pub struct Client {
     commands: mpsc::UnboundedSender<Command>,
+    max_message_size: usize,
     next_id: AtomicU64,
     stats: Arc<Mutex<Stats>>,
     pending: Arc<AtomicU64>,
@@ -108,12 +121,14 @@ impl Client {
         correlate: C,
     ) -> (Client, mpsc::UnboundedReceiver<Event>) {
         assert!(!config.urls.is_empty(), "a client needs at least one URL");
+        let max_message_size = config.max_message_size;
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (events_tx, events) = mpsc::unbounded_channel();
         let stats = Arc::new(Mutex::new(Stats::default()));
         let pending = Arc::new(AtomicU64::new(0));
         let connected = Arc::new(AtomicBool::new(false));
         let conn = Connection {
+            answered_here: false,
             connected: connected.clone(),
             events: config.events.then_some(events_tx),
             config,
@@ -126,6 +141,7 @@ impl Client {
         let task = tokio::spawn(conn.run());
         let client = Client {
             commands,
+            max_message_size,
             next_id: AtomicU64::new(1),
             stats,
             pending,
@@ -137,10 +153,17 @@ impl Client {
 
     /// Queues a message; returns its id. It is sent now if connected, else on connect, and again
     /// on every new connection until answered.
-    pub fn send(&self, payload: impl Into<String>) -> u64 {
+    pub fn send(&self, payload: impl Into<String>) -> Result<u64, SendError> {
+        let payload = payload.into();
+        if payload.len() > self.max_message_size {
+            return Err(SendError::TooLarge {
+                size: payload.len(),
+                max: self.max_message_size,
+            });
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let _ = self.commands.send(Command::Send(id, payload.into()));
-        id
+        let _ = self.commands.send(Command::Send(id, payload));
+        Ok(id)
     }
 
     /// The counters so far.
@@ -188,6 +211,8 @@ enum Ending {
 
 struct Connection<C> {
     connected: Arc<AtomicBool>,
+    /// The current connection answered something (it is not flapping).
+    answered_here: bool,
     config: ClientConfig,
     correlate: C,
     commands: mpsc::UnboundedReceiver<Command>,
@@ -241,13 +266,9 @@ impl<C: Correlate> Connection<C> {
         let mut failures: u32 = 0;
         let mut lost_at: Option<Instant> = None;
         let mut come_back_at: Option<Instant> = None;
-        let addrs: Vec<_> = {
-            let mut addrs = Vec::with_capacity(urls);
-            for url in &self.config.urls {
-                addrs.push(connect::resolve(url).await.ok());
-            }
-            addrs
-        };
+        // Connections in a row that ended without an answer or advice (a server that takes the
+        // connection and drops it): backed off like failed connects, not retried at once.
+        let mut flaps: u32 = 0;
         loop {
             // The next URL that has not refused us recently.
             let now = Instant::now();
@@ -262,8 +283,9 @@ impl<C: Correlate> Connection<C> {
                 continue;
             };
             let url = self.config.urls[i].clone();
-            let attempt = match addrs[i] {
-                Some(addr) => timeout(
+            // Resolved at every attempt: a restarted node may come back at another address.
+            let attempt = match connect::resolve(&url).await {
+                Ok(addr) => timeout(
                     self.config.connect_timeout,
                     connect::connect(&url, addr, self.config.source, self.config.websocket),
                 )
@@ -274,12 +296,7 @@ impl<C: Correlate> Connection<C> {
                         source: std::io::ErrorKind::TimedOut.into(),
                     })
                 }),
-                None => connect::resolve(&url).await.and_then(|_| {
-                    Err(ConnectError::BadUrl {
-                        url: url.clone(),
-                        reason: "unresolvable".into(),
-                    })
-                }),
+                Err(error) => Err(error),
             };
             let ws = match attempt {
                 Ok(ws) => ws,
@@ -332,6 +349,11 @@ impl<C: Correlate> Connection<C> {
             let delay = match ending {
                 Ending::Shutdown => return,
                 Ending::Closed { code, advised } => {
+                    flaps = if advised.is_some() || self.answered_here {
+                        0
+                    } else {
+                        flaps + 1
+                    };
                     self.stat(|s| *s.close_codes.entry(code).or_default() += 1);
                     self.emit(Event::Disconnected {
                         code: Some(code),
@@ -347,17 +369,24 @@ impl<C: Correlate> Connection<C> {
                     }
                     match come_back_at {
                         Some(t) if t > now => t - now,
-                        _ => self.config.backoff.delay(0, None, rand::random::<f64>()),
+                        _ => self.config.backoff.delay(
+                            flaps.saturating_sub(1),
+                            None,
+                            rand::random::<f64>(),
+                        ),
                     }
                 }
                 Ending::Abnormal => {
+                    flaps = if self.answered_here { 0 } else { flaps + 1 };
                     self.stat(|s| s.abnormal += 1);
                     self.emit(Event::Disconnected {
                         code: None,
                         advised: None,
                     });
                     come_back_at = None;
-                    self.config.backoff.delay(0, None, rand::random::<f64>())
+                    self.config
+                        .backoff
+                        .delay(flaps.saturating_sub(1), None, rand::random::<f64>())
                 }
             };
             if !self.wait(Instant::now() + delay).await {
@@ -368,6 +397,7 @@ impl<C: Correlate> Connection<C> {
 
     /// One connection: resend what is pending, then send, receive and match until it ends.
     async fn serve(&mut self, mut ws: Ws, come_back_at: &mut Option<Instant>) -> Ending {
+        self.answered_here = false;
         let mut resent = 0;
         for (id, pending) in self.pending.iter_mut() {
             if pending.on_wire {
@@ -441,6 +471,7 @@ impl<C: Correlate> Connection<C> {
         match self.correlate.id_of(text) {
             Some(id) => {
                 if self.pending.remove(&id).is_some() {
+                    self.answered_here = true;
                     self.pending_count
                         .store(self.pending.len() as u64, Ordering::Relaxed);
                     self.stat(|s| s.answered += 1);

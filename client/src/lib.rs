@@ -21,6 +21,6 @@ pub mod protocol;
 pub mod stats;
 
 pub use backoff::Backoff;
-pub use client::{Client, ClientConfig, Event};
+pub use client::{Client, ClientConfig, Event, SendError};
 pub use protocol::{Correlate, Echo};
 pub use stats::Stats;

@@ -4,6 +4,9 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// Most reconnect samples one client keeps.
+pub const MAX_SAMPLES: usize = 10_000;
+
 /// Counters of one client (or, summed, of many).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Stats {
@@ -62,8 +65,11 @@ impl Stats {
 
     pub(crate) fn reconnected(&mut self, took: Duration, late: Duration) {
         self.reconnects += 1;
-        self.reconnect_ms.push(took.as_millis() as u64);
-        self.late_ms.push(late.as_millis() as u64);
-        self.reconnected_at_ms.push(ebb_proto::time::now_ms());
+        // A long-lived client keeps the first samples only, so its memory stays bounded.
+        if self.reconnect_ms.len() < MAX_SAMPLES {
+            self.reconnect_ms.push(took.as_millis() as u64);
+            self.late_ms.push(late.as_millis() as u64);
+            self.reconnected_at_ms.push(ebb_proto::time::now_ms());
+        }
     }
 }

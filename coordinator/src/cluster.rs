@@ -22,6 +22,19 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a signed command stays valid.
 pub const COMMAND_TTL: Duration = Duration::from_secs(300);
 
+/// Removes a name from the index only if its record is (still) gone: a node may re-register
+/// between the read that found it stale and this. KEYS: index, record. ARGV: name.
+static PRUNE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"#,
+    )
+});
+
 /// What went wrong talking to Redis.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -137,8 +150,13 @@ impl Cluster {
                 Err(error) => tracing::warn!(%name, %error, "ignoring an unreadable node record"),
             }
         }
-        if !stale.is_empty() {
-            let _: i64 = self.conn.zrem(self.keys.nodes(), stale).await?;
+        for name in stale {
+            let _: i64 = PRUNE
+                .key(self.keys.nodes())
+                .key(self.keys.node(&name))
+                .arg(&name)
+                .invoke_async(&mut self.conn)
+                .await?;
         }
         records.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(records)
@@ -152,7 +170,12 @@ impl Cluster {
         secret: Option<&Secret>,
     ) -> Result<usize, ClusterError> {
         let payload = command.encode(secret, COMMAND_TTL.as_millis() as u64);
-        let desired_ttl = ebb_proto::keys::DESIRED_TTL.as_millis() as u64;
+        // A signed command is valid for COMMAND_TTL only; keeping it longer helps nobody.
+        let desired_ttl = match secret {
+            Some(_) => COMMAND_TTL,
+            None => ebb_proto::keys::DESIRED_TTL,
+        }
+        .as_millis() as u64;
         let (_, receivers): ((), usize) = redis::pipe()
             .atomic()
             .set_options(
@@ -198,10 +221,13 @@ impl Cluster {
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
             while !stop.is_cancelled() {
-                let error = tokio::select! {
+                let (subscribed, error) = tokio::select! {
                     () = stop.cancelled() => return,
-                    error = follow_once(&client, &channel, &tx) => error,
+                    ended = follow_once(&client, &channel, &tx) => ended,
                 };
+                if subscribed {
+                    delay = Duration::from_millis(100);
+                }
                 if tx.send(Followed::Lost(error)).await.is_err() {
                     return;
                 }
@@ -216,8 +242,24 @@ impl Cluster {
     }
 }
 
-/// One subscription; returns why it ended.
-async fn follow_once(client: &redis::Client, channel: &str, tx: &mpsc::Sender<Followed>) -> String {
+/// One subscription; returns whether it got as far as subscribing, and why it ended.
+async fn follow_once(
+    client: &redis::Client,
+    channel: &str,
+    tx: &mpsc::Sender<Followed>,
+) -> (bool, String) {
+    let mut subscribed = false;
+    let why = subscription(client, channel, tx, &mut subscribed).await;
+    (subscribed, why)
+}
+
+/// Subscribes and forwards events until something ends it; returns why.
+async fn subscription(
+    client: &redis::Client,
+    channel: &str,
+    tx: &mpsc::Sender<Followed>,
+    subscribed: &mut bool,
+) -> String {
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(channel).await?;
@@ -228,6 +270,7 @@ async fn follow_once(client: &redis::Client, channel: &str, tx: &mpsc::Sender<Fo
         Ok(Err(error)) => return error.to_string(),
         Err(_) => return "timed out subscribing".to_owned(),
     };
+    *subscribed = true;
     if tx.send(Followed::Subscribed).await.is_err() {
         return "stopped".to_owned();
     }

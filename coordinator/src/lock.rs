@@ -121,6 +121,11 @@ impl Lock {
         }
     }
 
+    /// How long the lock lives without renewal.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// How often to renew.
     pub fn renew_every(&self) -> Duration {
         self.ttl / 3

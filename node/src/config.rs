@@ -75,8 +75,9 @@ impl Default for DrainConfig {
 }
 
 impl DrainConfig {
-    /// The `Retry-After` (whole seconds, at least 1) sent with a refused upgrade: by then the
-    /// client's advised reconnect window has passed.
+    /// The `Retry-After` (whole seconds, at least 1) sent with a refused upgrade: the end of the
+    /// advised reconnect window. A draining node will not take the client back; the hint keeps
+    /// a client that has no other URL from retrying it in a tight loop.
     pub fn retry_after_secs(&self) -> u64 {
         (self.reconnect_base + self.reconnect_spread)
             .as_secs_f64()

@@ -25,6 +25,9 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
+/// After a hurry that comes when every close is already ordered, how long handshakes may take.
+const HURRY_GRACE: Duration = Duration::from_secs(1);
+
 /// How long terminated socket tasks get to finish after the deadline.
 const TERMINATE_GRACE: Duration = Duration::from_secs(1);
 
@@ -59,6 +62,29 @@ pub(crate) async fn controller<A: App>(
     }
 }
 
+/// What a request means to a drain in progress (or a drained node).
+enum Effect {
+    /// Finish fast.
+    Hurry,
+    Resume,
+    /// A drain asking for exit: a `then: stay` becomes `exit`.
+    Exit,
+    /// Nothing new (another drain asking for stay).
+    Nothing,
+}
+
+/// The next request's effect. Shared holds a sender, so the queue never closes while the node
+/// runs; if it did, this waits forever rather than spin.
+async fn next_effect(requests: &mut mpsc::UnboundedReceiver<Request>) -> Effect {
+    match requests.recv().await {
+        Some(Request::Hurry) => Effect::Hurry,
+        Some(Request::Resume) => Effect::Resume,
+        Some(Request::Drain(request)) if request.then == Then::Exit => Effect::Exit,
+        Some(Request::Drain(_)) => Effect::Nothing,
+        None => std::future::pending().await,
+    }
+}
+
 /// Drained and staying: waits for a resume (`true`), or for a reason to exit after all (a drain
 /// asking for exit, or a hurry), which sets `report.then` and returns `false`.
 async fn stay_drained(
@@ -66,12 +92,10 @@ async fn stay_drained(
     report: &mut DrainReport,
 ) -> bool {
     loop {
-        match requests.recv().await {
-            Some(Request::Resume) => return true,
-            Some(Request::Drain(request)) if request.then == Then::Exit => break,
-            Some(Request::Hurry) => break,
-            Some(Request::Drain(_)) => {}
-            None => std::future::pending().await,
+        match next_effect(requests).await {
+            Effect::Resume => return true,
+            Effect::Exit | Effect::Hurry => break,
+            Effect::Nothing => {}
         }
     }
     tracing::info!("drained node told to exit");
@@ -107,18 +131,14 @@ async fn wait(
     while !*hurried {
         tokio::select! {
             _ = sleep_until(until) => return Interrupt::Elapsed,
-            request = requests.recv() => match request {
-                Some(Request::Hurry) => {
+            effect = next_effect(requests) => match effect {
+                Effect::Hurry => {
                     tracing::info!("hurry: skipping the rest of the pacing");
                     *hurried = true;
                 }
-                Some(Request::Resume) => return Interrupt::Resume,
-                Some(Request::Drain(request)) => {
-                    if request.then == Then::Exit {
-                        *then = Then::Exit;
-                    }
-                }
-                None => sleep_until(until).await,
+                Effect::Resume => return Interrupt::Resume,
+                Effect::Exit => *then = Then::Exit,
+                Effect::Nothing => {}
             },
         }
     }
@@ -134,7 +154,9 @@ async fn drain<A: App>(
 ) -> Option<DrainReport> {
     let config = &shared.config.drain;
     let started = Instant::now();
-    let deadline = started + request.deadline.unwrap_or(config.deadline);
+    let mut deadline = started
+        .checked_add(request.deadline.unwrap_or(config.deadline))
+        .unwrap_or_else(|| started + config.deadline);
     let mut then = request.then;
     shared.tally.clean.store(0, Ordering::Relaxed);
     shared.tally.forced.store(0, Ordering::Relaxed);
@@ -148,7 +170,7 @@ async fn drain<A: App>(
 
     if let Interrupt::Resume = wait(
         requests,
-        started + config.propagation_delay,
+        (started + config.propagation_delay).min(deadline),
         &mut hurried,
         &mut then,
     )
@@ -166,11 +188,22 @@ async fn drain<A: App>(
     let mailboxes = shared
         .registry
         .begin_closing(order(config.reconnect_base + config.reconnect_spread));
+    // The last connection closed must still have time to answer and complete its handshake
+    // before the deadline: a deadline shorter than the spread shrinks the spread.
+    let room = deadline
+        .saturating_duration_since(Instant::now())
+        .saturating_sub(config.inflight_timeout + config.close_timeout);
     let spread = if hurried {
         Duration::ZERO
     } else {
-        config.close_spread
+        config.close_spread.min(room)
     };
+    if spread < config.close_spread && !hurried {
+        tracing::info!(
+            spread_ms = spread.as_millis() as u64,
+            "close spread shortened to fit the drain deadline"
+        );
+    }
     let slots = pacing::schedule(
         mailboxes.len(),
         spread,
@@ -215,10 +248,12 @@ async fn drain<A: App>(
                 }
                 break;
             }
-            request = requests.recv() => match request {
-                Some(Request::Resume) => return None,
-                Some(Request::Drain(request)) if request.then == Then::Exit => then = Then::Exit,
-                _ => {}
+            effect = next_effect(requests) => match effect {
+                Effect::Resume => return None,
+                Effect::Exit => then = Then::Exit,
+                // Every close is ordered; what is left is handshakes: give them a moment, then cut.
+                Effect::Hurry => deadline = deadline.min(Instant::now() + HURRY_GRACE),
+                Effect::Nothing => {}
             },
         }
     }

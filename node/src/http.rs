@@ -135,8 +135,12 @@ async fn admin_drain<A: App>(
         Ok(query) => query,
         Err(rejection) => return (StatusCode::BAD_REQUEST, rejection.body_text()).into_response(),
     };
-    if query.deadline_ms == Some(0) {
-        return (StatusCode::BAD_REQUEST, "deadline_ms must be positive").into_response();
+    let args = ebb_proto::command::Drain {
+        then: query.then,
+        deadline_ms: query.deadline_ms,
+    };
+    if let Err(problem) = args.validate() {
+        return (StatusCode::BAD_REQUEST, problem).into_response();
     }
     let request = DrainRequest {
         then: query.then,

@@ -52,6 +52,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// How long socket tasks may linger after a drain that exits.
+const SOCKETS_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A node, configured but not yet serving.
 #[derive(Debug)]
 pub struct Node<A> {
@@ -111,7 +114,17 @@ impl<A: App> Node<A> {
             }
             let report = controller.await.map_err(io::Error::other)?;
             shared.sockets.close();
-            shared.sockets.wait().await;
+            // Every connection is gone by now (the deadline terminated the last); bounded anyway,
+            // so nothing can keep the process from exiting.
+            if tokio::time::timeout(SOCKETS_GRACE, shared.sockets.wait())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    left = shared.sockets.len(),
+                    "socket tasks outlived the drain"
+                );
+            }
             Ok(report)
         });
         Ok(Running {

@@ -90,20 +90,17 @@ where
             orders = &mut mailbox => {
                 mailbox.set(cx.mailbox.next());
                 if let Some(notice) = orders.notice
-                    && ws.send(Message::text(notice)).await.is_err()
+                    && let Err(end) = cut(ws.send(Message::text(notice)), cx.terminate).await
                 {
-                    return Outcome::Gone;
+                    return end;
                 }
                 if let Some(order) = orders.close {
                     break order;
                 }
             }
             Some(reply) = inflight.next(), if !inflight.is_empty() => {
-                if let Some(reply) = reply {
-                    if ws.send(reply).await.is_err() {
-                        return Outcome::Gone;
-                    }
-                    cx.metrics.answered();
+                if let Err(end) = answer(ws, reply, &cx).await {
+                    return end;
                 }
             }
             message = ws.next(), if inflight.len() < cx.config.max_inflight => match message {
@@ -115,11 +112,8 @@ where
                     if inflight.is_empty()
                         && let Some(ready) = poll_once(&mut reply)
                     {
-                        if let Some(reply) = ready {
-                            if ws.send(reply).await.is_err() {
-                                return Outcome::Gone;
-                            }
-                            cx.metrics.answered();
+                        if let Err(end) = answer(ws, ready, &cx).await {
+                            return end;
                         }
                         continue;
                     }
@@ -129,25 +123,63 @@ where
                 Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
                 Some(Ok(Message::Close(_))) => {
                     // tungstenite queued the answering Close; push it out.
-                    let _ = ws.flush().await;
+                    let _ = cut(ws.flush(), cx.terminate).await;
                     return Outcome::ClientClosed;
                 }
                 Some(Err(error)) => return Box::pin(reject(ws, error)).await,
                 None => return Outcome::Gone,
             },
             _ = ping.tick() => {
-                if awaiting_pong {
+                // While reading is paused (the app is behind), the pong may be waiting unread:
+                // a missed pong only counts when the node was listening for it.
+                let reading = inflight.len() < cx.config.max_inflight;
+                if awaiting_pong && reading {
                     return Outcome::Dead;
                 }
                 awaiting_pong = true;
-                if ws.send(Message::Ping(Default::default())).await.is_err() {
-                    return Outcome::Gone;
+                if let Err(end) = cut(ws.send(Message::Ping(Default::default())), cx.terminate).await {
+                    return end;
                 }
             }
         }
     };
     // Boxed: the closing half's timers would otherwise sit in every idle connection's task.
     Box::pin(close(ws, cx, inflight, order)).await
+}
+
+/// Sends one reply (if the app gave one) and counts it.
+async fn answer<T, A>(
+    ws: &mut T,
+    reply: Option<Message>,
+    cx: &Context<'_, A>,
+) -> Result<(), Outcome>
+where
+    T: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
+    let Some(reply) = reply else {
+        return Ok(());
+    };
+    cut(ws.send(reply), cx.terminate).await?;
+    cx.metrics.answered();
+    Ok(())
+}
+
+/// Runs a send or flush unless the drain deadline cuts the connection first: a client that stops
+/// reading fills its TCP window, and its send would otherwise hold the connection (and the
+/// drain) forever. A write that completes at once (the usual case) registers nothing on the token.
+async fn cut<F>(write: F, terminate: &CancellationToken) -> Result<(), Outcome>
+where
+    F: Future<Output = Result<(), tungstenite::Error>>,
+{
+    let mut write = std::pin::pin!(write);
+    if let Some(done) = poll_once(&mut write) {
+        return done.map_err(|_| Outcome::Gone);
+    }
+    tokio::select! {
+        biased;
+        () = terminate.cancelled() => Err(Outcome::Terminated),
+        done = write => done.map_err(|_| Outcome::Gone),
+    }
 }
 
 /// Polls a future once without a waker to wake: `Some` if it is already done. Used only on a
@@ -179,13 +211,11 @@ where
             biased;
             _ = cx.terminate.cancelled() => return Outcome::Terminated,
             next = timeout_at(inflight_deadline, inflight.next()) => match next {
-                Ok(Some(Some(reply))) => {
-                    if ws.send(reply).await.is_err() {
-                        return Outcome::Gone;
+                Ok(Some(reply)) => {
+                    if let Err(end) = answer(ws, reply, &cx).await {
+                        return end;
                     }
-                    cx.metrics.answered();
                 }
-                Ok(Some(None)) => {}
                 Ok(None) => break,
                 Err(_) => {
                     tracing::warn!(abandoned = inflight.len(), "in-flight timeout: closing with messages unanswered");
@@ -201,8 +231,8 @@ where
         code: order.code.into(),
         reason: order.reason.into(),
     };
-    if ws.send(Message::Close(Some(frame))).await.is_err() {
-        return Outcome::Gone;
+    if let Err(end) = cut(ws.send(Message::Close(Some(frame))), cx.terminate).await {
+        return end;
     }
 
     let handshake_deadline = Instant::now() + order.close_timeout;

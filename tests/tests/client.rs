@@ -12,7 +12,7 @@ const SECS: fn(u64) -> Duration = Duration::from_secs;
 async fn send_steadily(client: &Client, n: usize, every: Duration) -> Vec<u64> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        ids.push(client.send(format!("m{i}")));
+        ids.push(client.send(format!("m{i}")).unwrap());
         tokio::time::sleep(every).await;
     }
     ids
@@ -100,7 +100,7 @@ async fn unanswered_messages_are_resent_after_a_forced_close() {
     })
     .await;
     for i in 0..5 {
-        client.send(format!("slow {i}"));
+        client.send(format!("slow {i}")).unwrap();
     }
     eventually("received", SECS(5), || async {
         (a.metric("ebb_messages_received_total").await == 5.0).then_some(())
@@ -137,7 +137,7 @@ async fn a_refusing_node_is_skipped_and_do_not_reconnect_codes_stop_the_client()
     })
     .await;
     let (client, _) = Client::start(ClientConfig::new(vec![a.ws_url(), b.ws_url()]), Echo);
-    client.send("hello");
+    client.send("hello").unwrap();
     eventually("answered by b", SECS(5), || async {
         (client.pending() == 0).then_some(())
     })
@@ -165,4 +165,31 @@ async fn a_refusing_node_is_skipped_and_do_not_reconnect_codes_stop_the_client()
     .unwrap();
     assert_eq!(stopped, 4000);
     assert_eq!(client.stats().reconnects, 0);
+}
+
+#[tokio::test]
+async fn messages_over_the_limit_are_refused_before_they_are_sent() {
+    let node = Node::start(&[]).await;
+    let (client, mut events) = Client::start(ClientConfig::new(vec![node.ws_url()]), Echo);
+    let err = client.send("x".repeat(64 * 1024 + 1)).unwrap_err();
+    assert_eq!(
+        err,
+        ebb_client::SendError::TooLarge {
+            size: 64 * 1024 + 1,
+            max: 64 * 1024
+        }
+    );
+    let id = client.send("fits").unwrap();
+    let answered = tokio::time::timeout(SECS(5), async {
+        while let Some(event) = events.recv().await {
+            if let Event::Reply { id, .. } = event {
+                return id;
+            }
+        }
+        0
+    })
+    .await
+    .unwrap();
+    assert_eq!(answered, id);
+    assert_eq!(client.stats().sent, 1);
 }

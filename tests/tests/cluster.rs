@@ -528,7 +528,11 @@ async fn the_cli_exits_2_when_redis_is_unreachable_or_flags_are_bad() {
 async fn the_readme_redis_cli_payloads_drain_and_resume_a_node() {
     let redis = Redis::run().await;
     let mut c = conn(&redis).await;
-    let args = node_args(redis.url(), "default", &["--name", "node-a", "--close-spread", "0s"]);
+    let args = node_args(
+        redis.url(),
+        "default",
+        &["--name", "node-a", "--close-spread", "0s"],
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let node = Node::start(&args).await;
     let channel = "ebb:{default}:commands:node-a";

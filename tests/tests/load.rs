@@ -25,7 +25,9 @@ async fn soak_through_a_drain_loses_nothing_and_everyone_comes_back() {
     let mut a = Node::start(&["--close-spread", "500ms", "--reconnect-spread", "300ms"]).await;
     let b = Node::start(&[]).await;
     let urls = format!("{},{}", a.ws_url(), b.ws_url());
-    let mut soak = load(&["soak", "--url", &urls, "-n", "60", "--rate", "300", "--for", "4s", "--json"]);
+    let mut soak = load(&[
+        "soak", "--url", &urls, "-n", "60", "--rate", "300", "--for", "4s", "--json",
+    ]);
     ebb_tests::eventually("clients on both nodes", SECS(10), || async {
         (a.metric("ebb_connections").await + b.metric("ebb_connections").await == 60.0)
             .then_some(())
@@ -46,22 +48,57 @@ async fn soak_through_a_drain_loses_nothing_and_everyone_comes_back() {
 #[tokio::test]
 async fn echo_and_hold_report_what_they_did() {
     let node = Node::start(&[]).await;
-    let mut echo = load(&["echo", "--url", &node.ws_url(), "-n", "4", "-w", "2", "--for", "1s", "--json"]);
+    let mut echo = load(&[
+        "echo",
+        "--url",
+        &node.ws_url(),
+        "-n",
+        "4",
+        "-w",
+        "2",
+        "--for",
+        "1s",
+        "--json",
+    ]);
     let (code, s) = summary(&mut echo, SECS(20)).await;
     assert_eq!(code, 0, "{s}");
     assert!(s["messages"].as_u64().unwrap() > 100, "{s}");
-    assert!(s["p99_us"].as_u64().unwrap() >= s["p50_us"].as_u64().unwrap(), "{s}");
+    assert!(
+        s["p99_us"].as_u64().unwrap() >= s["p50_us"].as_u64().unwrap(),
+        "{s}"
+    );
 
-    let mut hold = load(&["hold", "--url", &node.ws_url(), "-n", "50", "--sources", "2", "--for", "1s"]);
+    let mut hold = load(&[
+        "hold",
+        "--url",
+        &node.ws_url(),
+        "-n",
+        "50",
+        "--sources",
+        "2",
+        "--for",
+        "1s",
+    ]);
     let (code, s) = summary(&mut hold, SECS(20)).await;
     assert_eq!(code, 0, "{s}");
     assert_eq!(s["connected"], 50, "{s}");
 
     // A refused upgrade is a failure, with the reason.
-    let mut refused = load(&["hold", "--url", "ws://127.0.0.1:1/ws", "-n", "1", "--for", "1s"]);
+    let mut refused = load(&[
+        "hold",
+        "--url",
+        "ws://127.0.0.1:1/ws",
+        "-n",
+        "1",
+        "--for",
+        "1s",
+    ]);
     let (code, s) = summary(&mut refused, SECS(20)).await;
     assert_eq!(code, 1, "{s}");
-    assert!(s["first_error"].as_str().unwrap().contains("TCP connect"), "{s}");
+    assert!(
+        s["first_error"].as_str().unwrap().contains("TCP connect"),
+        "{s}"
+    );
 }
 
 #[tokio::test]

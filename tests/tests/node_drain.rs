@@ -380,3 +380,30 @@ async fn bad_flags_exit_2_with_a_clear_message() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_cannot_hold_the_node_past_its_drain_deadline() {
+    let mut node = Node::start(&["--drain-deadline", "2s", "--close-spread", "0s"]).await;
+    let mut raw = RawClient::connect(node.addr).await;
+    // Send far more than the socket buffers hold and never read the echoes: the node's writes
+    // block on a full window (and then its reads too, so ours do).
+    let chunk = vec![b'x'; 60_000];
+    let _ = tokio::time::timeout(SECS(5), async {
+        for _ in 0..400 {
+            raw.send_frame(RawFrame::TEXT, &chunk).await;
+        }
+    })
+    .await;
+    assert!(node.metric("ebb_messages_received_total").await > 10.0);
+    let start = Instant::now();
+    node.signal(Signal::SIGTERM);
+    let status = node.proc.wait(SECS(10)).await;
+    assert_eq!(status.code(), Some(0));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < SECS(5),
+        "{took:?}"
+    );
+    let line = node.proc.wait_log("drain finished", SECS(1)).await;
+    assert!(line.contains("forced=1"), "{line}");
+}

@@ -151,7 +151,9 @@ pub async fn run(soak: &Soak, stop: CancellationToken, progress: impl Fn(Live)) 
     };
     let deadline = tokio::time::Instant::now() + soak.duration;
     let sending = CancellationToken::new();
-    let interval = Duration::from_secs_f64(soak.clients as f64 / soak.rate.max(0.001));
+    // At least a millisecond: a rate above 1,000 messages/s per client is not a soak.
+    let interval = Duration::from_secs_f64(soak.clients as f64 / soak.rate.max(0.001))
+        .max(Duration::from_millis(1));
     let payload = "x".repeat(soak.size);
     let senders: Vec<_> = clients
         .iter()
@@ -167,7 +169,9 @@ pub async fn run(soak: &Soak, stop: CancellationToken, progress: impl Fn(Live)) 
                 loop {
                     tokio::select! {
                         () = sending.cancelled() => return,
-                        _ = tick.tick() => { client.send(payload.clone()); }
+                        _ = tick.tick() => {
+                            let _ = client.send(payload.clone());
+                        }
                     }
                 }
             })

@@ -18,25 +18,22 @@ pub struct Args {
 }
 
 pub async fn run(target: &Target, args: Args) -> Result<Outcome, Error> {
-    ebb_proto::keys::validate_name(&args.name).map_err(|e| Error::Usage(e.to_string()))?;
+    let drain = Drain {
+        then: args.then,
+        deadline_ms: args.deadline.map(|d| d.as_millis() as u64),
+    };
+    drain
+        .validate()
+        .map_err(|e| Error::Usage(format!("--deadline: {e}")))?;
     let mut cluster = target.connect().await?;
-    let nodes = cluster.nodes().await?;
-    let Some(node) = nodes.iter().find(|n| n.name == args.name) else {
-        return Ok(Outcome::Failed(format!(
-            "node {} is not registered in cluster {:?}",
-            args.name, target.cluster
-        )));
+    let node = match super::find_node(&mut cluster, target, &args.name).await? {
+        Ok(node) => node,
+        Err(missing) => return Ok(missing),
     };
     let instance = node.instance;
     let stop = CancellationToken::new();
     let mut events = cluster.follow_events(stop.clone());
-    let mut cmd = Command::new(
-        args.name.clone(),
-        Action::Drain(Drain {
-            then: args.then,
-            deadline_ms: args.deadline.map(|d| d.as_millis() as u64),
-        }),
-    );
+    let mut cmd = Command::new(args.name.clone(), Action::Drain(drain));
     cmd.instance = Some(instance);
     let receivers = cluster.send(&cmd, target.secret.as_ref()).await?;
     eprintln!(

@@ -24,6 +24,22 @@ impl Target {
     }
 }
 
+/// The record of node `name`, or the failure to report when it is not registered.
+pub(crate) async fn find_node(
+    cluster: &mut Cluster,
+    target: &Target,
+    name: &str,
+) -> Result<Result<ebb_proto::NodeRecord, Outcome>, Error> {
+    ebb_proto::keys::validate_name(name).map_err(|e| Error::Usage(e.to_string()))?;
+    let nodes = cluster.nodes().await?;
+    Ok(nodes.into_iter().find(|n| n.name == name).ok_or_else(|| {
+        Outcome::Failed(format!(
+            "node {name} is not registered in cluster {:?}",
+            target.cluster
+        ))
+    }))
+}
+
 /// How a subcommand ended. Exit codes: 0 success, 1 failed or aborted, 2 usage or infrastructure.
 #[derive(Debug)]
 pub enum Outcome {
@@ -39,4 +55,7 @@ pub enum Error {
     Cluster(#[from] ClusterError),
     #[error("{0}")]
     Usage(String),
+    /// The environment failed the operation (Redis lost mid-rollout).
+    #[error("{0}")]
+    Infrastructure(String),
 }

@@ -4,14 +4,10 @@ use super::{Error, Outcome, Target};
 use ebb_proto::command::{Action, Command, Resume};
 
 pub async fn run(target: &Target, name: &str) -> Result<Outcome, Error> {
-    ebb_proto::keys::validate_name(name).map_err(|e| Error::Usage(e.to_string()))?;
     let mut cluster = target.connect().await?;
-    let nodes = cluster.nodes().await?;
-    let Some(node) = nodes.iter().find(|n| n.name == name) else {
-        return Ok(Outcome::Failed(format!(
-            "node {name} is not registered in cluster {:?}",
-            target.cluster
-        )));
+    let node = match super::find_node(&mut cluster, target, name).await? {
+        Ok(node) => node,
+        Err(missing) => return Ok(missing),
     };
     let mut cmd = Command::new(name, Action::Resume(Resume {}));
     cmd.instance = Some(node.instance);

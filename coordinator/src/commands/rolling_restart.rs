@@ -54,14 +54,17 @@ pub async fn run(
     } else if !report.nodes.is_empty() {
         eprint!("{}", report.summary());
     }
-    Ok(match report.status {
-        Status::Completed => Outcome::Success,
-        _ => Outcome::Failed(
-            report
-                .reason
-                .unwrap_or_else(|| "rollout stopped".to_owned()),
-        ),
-    })
+    let reason = || {
+        report
+            .reason
+            .clone()
+            .unwrap_or_else(|| "rollout stopped".to_owned())
+    };
+    match report.status {
+        Status::Completed => Ok(Outcome::Success),
+        Status::Aborted => Ok(Outcome::Failed(reason())),
+        Status::Failed => Err(Error::Infrastructure(reason())),
+    }
 }
 
 /// How far a rolling restart got.

@@ -106,6 +106,7 @@ impl Engine {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let renew_every = self.lock.renew_every();
         let mut renew = interval_at(Instant::now() + renew_every, renew_every);
+        let mut last_renewed = Instant::now();
 
         let (status, reason) = loop {
             obs.now = started.elapsed();
@@ -119,6 +120,19 @@ impl Engine {
                 let lag = ebb_proto::time::now_ms().saturating_sub(view.at_ms);
                 react.insert(name.to_owned(), lag);
                 tracing::debug!(node = name, react_ms = lag, "acted on the drain's end");
+            }
+            // Saved before acting, so a coordinator that dies mid-action is resumed past it.
+            self.persist(&rollout, "running", &mut persisted, &mut redis_down)
+                .await;
+            if last_renewed.elapsed() >= self.lock.ttl() {
+                break (
+                    Status::Aborted,
+                    Some(format!(
+                        "{} (not renewed for {:?}: Redis unreachable)",
+                        Abort::LockLost,
+                        self.lock.ttl()
+                    )),
+                );
             }
             let waiting = matches!(action, Action::Wait);
             match action {
@@ -142,6 +156,20 @@ impl Engine {
                         }),
                     );
                     cmd.instance = Some(instance);
+                    // The lock is checked right before a drain goes out: a coordinator that lost
+                    // it while cut off from Redis must not drain a second node.
+                    match self.lock.renew(self.cluster.conn()).await {
+                        Ok(true) => last_renewed = Instant::now(),
+                        Ok(false) => break (Status::Aborted, Some(Abort::LockLost.to_string())),
+                        Err(error) => {
+                            redis_down.get_or_insert_with(Instant::now);
+                            progress.note(&format!(
+                                "{node}: not sending the drain: cannot renew the lock: {error}"
+                            ));
+                            input = Some(Input::SendFailed);
+                            continue;
+                        }
+                    }
                     match self.cluster.send(&cmd, self.secret.as_ref()).await {
                         Ok(0) => progress.note(&format!(
                             "{node}: nobody is subscribed to its command channel (its agent may be reconnecting; the desired state will reach it)"
@@ -150,6 +178,7 @@ impl Engine {
                         Err(error) => {
                             redis_down.get_or_insert_with(Instant::now);
                             progress.note(&format!("{node}: sending drain (attempt {attempt}) failed: {error}"));
+                            input = Some(Input::SendFailed);
                         }
                     }
                 }
@@ -177,11 +206,17 @@ impl Engine {
                     }
                 }
                 Action::Complete => break (Status::Completed, None),
-                Action::Abort(abort) => break (Status::Aborted, Some(abort.to_string())),
+                Action::Abort(abort) => {
+                    let mut reason = abort.to_string();
+                    if let Abort::NoAck { node, .. } = &abort
+                        && let Some(why) = obs.refused.get(node)
+                    {
+                        reason.push_str(&format!(" (it refused a command: {why})"));
+                    }
+                    break (Status::Aborted, Some(reason));
+                }
             }
             describe(progress, &rollout, &obs);
-            self.persist(&rollout, "running", &mut persisted, &mut redis_down)
-                .await;
             if !waiting {
                 continue;
             }
@@ -190,7 +225,7 @@ impl Engine {
             {
                 let node = rollout.current().unwrap_or("-").to_owned();
                 break (
-                    Status::Aborted,
+                    Status::Failed,
                     Some(format!(
                         "{}; run `ebb rolling-restart --resume` once Redis is back",
                         Abort::RedisLost { node }
@@ -206,7 +241,11 @@ impl Engine {
                 followed = events.recv(), if events_open => match followed {
                     // One event per step: a burst (an idle node drains and exits within
                     // milliseconds) is seen in order, not only its end.
-                    Some(followed) => self.follow(followed, &mut obs, &mut redis_down, progress).await,
+                    Some(followed) => {
+                        if self.follow(followed, &mut obs, &mut redis_down, progress).await {
+                            rollout.missed_events = true;
+                        }
+                    }
                     None => events_open = false,
                 },
                 done = async { exec_task.as_mut().expect("guarded").await }, if exec_task.is_some() => {
@@ -215,7 +254,7 @@ impl Engine {
                 }
                 _ = poll.tick() => self.reread(&mut obs, &mut redis_down).await,
                 _ = renew.tick() => match self.lock.renew(self.cluster.conn()).await {
-                    Ok(true) => {}
+                    Ok(true) => last_renewed = Instant::now(),
                     Ok(false) => break (Status::Aborted, Some(Abort::LockLost.to_string())),
                     Err(error) => {
                         tracing::warn!(%error, "renewing the rollout lock failed");
@@ -233,21 +272,27 @@ impl Engine {
         self.finish(rollout, started, status, reason, react).await
     }
 
+    /// Applies what the event stream brought; `true` when events may have been missed.
     async fn follow(
         &mut self,
         followed: Followed,
         obs: &mut Observation,
         redis_down: &mut Option<Instant>,
         progress: &Progress,
-    ) {
+    ) -> bool {
         match followed {
             Followed::Event(event) => {
                 obs.apply_event(&event);
+                false
             }
-            Followed::Subscribed => self.reread(obs, redis_down).await,
+            Followed::Subscribed => {
+                self.reread(obs, redis_down).await;
+                false
+            }
             Followed::Lost(why) => {
                 progress.note(&format!("lost the event subscription ({why}); retrying"));
                 redis_down.get_or_insert_with(Instant::now);
+                true
             }
         }
     }

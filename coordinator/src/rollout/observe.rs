@@ -46,6 +46,8 @@ pub struct Observation {
     pub drained: HashMap<Uuid, DrainedInfo>,
     /// Instances that deregistered (a clean exit; a killed process never does).
     pub deregistered: HashSet<Uuid>,
+    /// The latest command refusal of each node (e.g. `bad_signature`), to explain a missing ack.
+    pub refused: HashMap<String, String>,
 }
 
 impl Observation {
@@ -111,6 +113,10 @@ impl Observation {
                     },
                 );
                 true
+            }
+            (EventKind::CommandRefused { reason, .. }, _) => {
+                self.refused.insert(event.node.clone(), reason.clone());
+                false
             }
             (EventKind::Deregistered {}, current) => {
                 self.deregistered.insert(event.instance);

@@ -85,6 +85,16 @@ pub struct NodeResult {
     pub drained_at: Option<Duration>,
 }
 
+impl NodeResult {
+    /// The drain ended at `now`: its duration is known.
+    fn mark_drained(&mut self, now: Duration) {
+        self.drained_at = Some(now);
+        self.drain_ms = self
+            .drain_started
+            .map(|start| now.saturating_sub(start).as_millis() as u64);
+    }
+}
+
 /// Why a rollout stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -163,6 +173,8 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     ExecDone(Result<(), String>),
+    /// The last `SendDrain` could not be sent (Redis unreachable): it does not count as an attempt.
+    SendFailed,
 }
 
 /// A rollout's progress; serialized to Redis so a new coordinator can `--resume` it.
@@ -174,10 +186,11 @@ pub struct Rollout {
     pub phase: Phase,
     /// Finished nodes, then the one in progress.
     pub results: Vec<NodeResult>,
-    /// This process took over the current node from a coordinator that stopped: events about it
-    /// may have been missed, so its disappearance is not taken for a crash.
+    /// Events about the current node may have been missed (this process took over from a
+    /// coordinator that stopped, or the event subscription was lost for a while), so its
+    /// disappearance is not taken for a crash.
     #[serde(skip)]
-    pub resumed: bool,
+    pub missed_events: bool,
 }
 
 impl Rollout {
@@ -188,7 +201,7 @@ impl Rollout {
             index: 0,
             phase: Phase::Check,
             results: Vec::new(),
-            resumed: false,
+            missed_events: false,
         }
     }
 
@@ -199,7 +212,7 @@ impl Rollout {
 
     /// Restarts every timer at `now` (a resumed rollout's times are from a previous process).
     pub fn restart_timers(&mut self, now: Duration) {
-        self.resumed = true;
+        self.missed_events = true;
         match &mut self.phase {
             Phase::Acking { sent_at, .. } => *sent_at = now,
             Phase::Draining { since, .. }
@@ -294,6 +307,18 @@ impl Rollout {
                     instance,
                     sent_at,
                     attempts,
+                } if input == Some(Input::SendFailed) => {
+                    input = None;
+                    self.phase = Phase::Acking {
+                        instance,
+                        sent_at,
+                        attempts: attempts.saturating_sub(1),
+                    };
+                }
+                Phase::Acking {
+                    instance,
+                    sent_at,
+                    attempts,
                 } => match view {
                     Some(v) if v.instance == instance => match v.state {
                         NodeState::Draining | NodeState::Drained => {
@@ -342,11 +367,7 @@ impl Rollout {
                             return Action::Abort(Abort::Resumed { node: name });
                         }
                         if v.connections == 0 || v.state == NodeState::Drained {
-                            let result = self.result();
-                            result.drained_at = Some(now);
-                            result.drain_ms = result
-                                .drain_started
-                                .map(|s| now.saturating_sub(s).as_millis() as u64);
+                            self.result().mark_drained(now);
                             if policy.exec {
                                 self.phase = Phase::Executing { instance };
                                 return Action::RunExec { node: name };
@@ -383,7 +404,7 @@ impl Rollout {
                             message,
                         });
                     }
-                    None => return Action::Wait,
+                    Some(Input::SendFailed) | None => return Action::Wait,
                 },
                 Phase::Exiting { instance, since } => match view {
                     Some(v) if v.instance == instance => {
@@ -442,7 +463,7 @@ impl Rollout {
                     }
                     self.index += 1;
                     self.phase = Phase::Check;
-                    self.resumed = false;
+                    self.missed_events = false;
                     return Action::NodeDone;
                 }
             }
@@ -461,8 +482,8 @@ impl Rollout {
         policy: &Policy,
     ) -> Option<Abort> {
         let clean = obs.ended_cleanly(instance);
-        // After a takeover events may have been missed: no proof of a crash either.
-        let lost = !clean && !self.resumed;
+        // With events possibly missed, there is no proof of a crash either.
+        let lost = !clean && !self.missed_events;
         if lost && policy.abort_on_lost {
             self.result().lost = true;
             return Some(Abort::Lost {
@@ -472,11 +493,10 @@ impl Rollout {
         let result = self.result();
         result.lost = lost;
         if result.drained_at.is_none() {
-            result.drained_at = Some(now);
             if clean {
-                result.drain_ms = result
-                    .drain_started
-                    .map(|s| now.saturating_sub(s).as_millis() as u64);
+                result.mark_drained(now);
+            } else {
+                result.drained_at = Some(now);
             }
         }
         self.note_drained(obs, instance);

@@ -41,7 +41,8 @@ pub(crate) struct Gate {
     instance: Uuid,
     started_at_ms: u64,
     secret: Option<Secret>,
-    applied: VecDeque<String>,
+    /// Recently applied command ids, with how each arrived.
+    applied: VecDeque<(String, Delivery)>,
     nonces: HashMap<String, u64>,
 }
 
@@ -61,6 +62,11 @@ impl Gate {
     pub fn check(&mut self, payload: &[u8], delivery: Delivery, now_ms: u64) -> Verdict {
         let cmd = match command::decode(payload, self.secret.as_ref(), now_ms) {
             Ok(cmd) => cmd,
+            // Desired state outlives a signed command's short validity: an expired one is stale
+            // (applied long ago, or not for this instance), not an attack.
+            Err(Refusal::Expired(_)) if delivery == Delivery::Desired => {
+                return Verdict::Ignore("expired desired state");
+            }
             Err(refusal) => return Verdict::Refuse(refusal),
         };
         if cmd.target != self.name {
@@ -90,21 +96,31 @@ impl Gate {
             .nonce
             .as_ref()
             .is_some_and(|n| self.nonces.contains_key(n));
-        let applied = self.applied.contains(&cmd.id);
-        match delivery {
-            Delivery::Live if nonce_seen => return Verdict::Refuse(Refusal::Replayed),
-            _ if applied || nonce_seen => return Verdict::Ignore("already applied"),
+        let applied = self
+            .applied
+            .iter()
+            .find(|(id, _)| *id == cmd.id)
+            .map(|(_, how)| *how);
+        match (delivery, applied) {
+            // Read back from the desired state just before its live copy arrived (a command
+            // published while the session started): the same command, not a replay.
+            (Delivery::Live, Some(Delivery::Desired)) => {
+                return Verdict::Ignore("already applied from the desired state");
+            }
+            (Delivery::Live, _) if nonce_seen => return Verdict::Refuse(Refusal::Replayed),
+            (_, Some(_)) => return Verdict::Ignore("already applied"),
+            _ if nonce_seen => return Verdict::Ignore("already applied"),
             _ => {}
         }
-        self.remember(&cmd, now_ms);
+        self.remember(&cmd, delivery, now_ms);
         Verdict::Apply(cmd)
     }
 
-    fn remember(&mut self, cmd: &Command, now_ms: u64) {
+    fn remember(&mut self, cmd: &Command, delivery: Delivery, now_ms: u64) {
         if self.applied.len() == MAX_APPLIED {
             self.applied.pop_front();
         }
-        self.applied.push_back(cmd.id.clone());
+        self.applied.push_back((cmd.id.clone(), delivery));
         let Some(nonce) = &cmd.nonce else { return };
         self.nonces.retain(|_, expires| *expires >= now_ms);
         if self.nonces.len() >= MAX_NONCES
@@ -250,6 +266,28 @@ mod tests {
         assert_eq!(
             label(gate.check(forged.as_bytes(), Delivery::Live, now)),
             "refuse: bad_signature"
+        );
+    }
+
+    #[test]
+    fn a_signed_command_seen_first_in_the_desired_state_is_not_a_replay_live() {
+        let (mut gate, _) = gate(Some(secret()));
+        let now = ebb_proto::time::now_ms();
+        let mut cmd = Command::new("node-a", Action::Resume(Resume {}));
+        cmd.issued_at_ms = Some(now);
+        let signed = cmd.encode(Some(&secret()), 60_000);
+        assert_eq!(
+            label(gate.check(signed.as_bytes(), Delivery::Desired, now)),
+            "apply"
+        );
+        assert_eq!(
+            label(gate.check(signed.as_bytes(), Delivery::Live, now)),
+            "ignore: already applied from the desired state"
+        );
+        // Expired in the desired state: stale, not refused.
+        assert_eq!(
+            label(gate.check(signed.as_bytes(), Delivery::Desired, now + 3_600_000)),
+            "ignore: expired desired state"
         );
     }
 

@@ -13,6 +13,8 @@ use tungstenite::Error;
 struct Pipe {
     incoming: mpsc::UnboundedReceiver<Result<Message, Error>>,
     outgoing: mpsc::UnboundedSender<Message>,
+    /// A peer that stopped reading: its window is full, every write waits.
+    stuck: bool,
 }
 
 impl Stream for Pipe {
@@ -25,6 +27,9 @@ impl Stream for Pipe {
 impl Sink<Message> for Pipe {
     type Error = Error;
     fn poll_ready(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        if self.stuck {
+            return Poll::Pending;
+        }
         Poll::Ready(Ok(()))
     }
     fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Error> {
@@ -94,7 +99,14 @@ impl Harness {
 fn pipe() -> (Pipe, Peer) {
     let (to_node, incoming) = mpsc::unbounded_channel();
     let (outgoing, from_node) = mpsc::unbounded_channel();
-    (Pipe { incoming, outgoing }, Peer { to_node, from_node })
+    (
+        Pipe {
+            incoming,
+            outgoing,
+            stuck: false,
+        },
+        Peer { to_node, from_node },
+    )
 }
 
 fn order(close_timeout_ms: u64) -> CloseOrder {
@@ -288,4 +300,24 @@ async fn eof_is_a_gone_peer() {
     let (mut ws, peer) = pipe();
     drop(peer);
     assert_eq!(run(&mut ws, h.cx()).await, Outcome::Gone);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_stopped_reading_is_cut_at_the_deadline() {
+    let h = Harness::new(0);
+    let (mut ws, _peer) = pipe();
+    ws.stuck = true;
+    h.mailbox.close(order(60_000));
+    let deadline = async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        h.terminate.cancel();
+    };
+    let start = Instant::now();
+    let (outcome, ()) = tokio::join!(run(&mut ws, h.cx()), deadline);
+    assert_eq!(
+        outcome,
+        Outcome::Terminated,
+        "the blocked Close send was cut"
+    );
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
 }

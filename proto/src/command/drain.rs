@@ -57,7 +57,8 @@ pub struct Drain {
 }
 
 impl Drain {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    /// Checks the arguments (also used by the admin endpoint and the CLI, so every way in agrees).
+    pub fn validate(&self) -> Result<(), String> {
         match self.deadline_ms {
             Some(0) => Err("deadline_ms must be positive".to_owned()),
             Some(ms) if ms > MAX_DEADLINE_MS => {

@@ -397,7 +397,7 @@ fn progress_survives_serialization_for_resume() {
     let json = serde_json::to_string(&r).unwrap();
     let mut back: Rollout = serde_json::from_str(&json).unwrap();
     assert_eq!(back, r);
-    assert!(!back.resumed);
+    assert!(!back.missed_events);
     // A new coordinator's clock starts at zero: its timers restart, nothing is re-sent.
     back.restart_timers(ms(0));
     assert_eq!(
@@ -466,4 +466,40 @@ fn an_aborting_loss_is_marked_lost_in_the_result() {
         Action::Abort(Abort::Lost { .. })
     ));
     assert!(r.results[0].lost);
+}
+
+#[test]
+fn a_drain_that_could_not_be_sent_is_not_an_attempt() {
+    let [a, b, ..] = ids();
+    let policy = Policy {
+        ack_timeout: ms(1000),
+        ack_retries: 1,
+        ..Policy::default()
+    };
+    let mut s = Script::new(&[("a", a, ACTIVE, 1), ("b", b, ACTIVE, 0)]);
+    let mut r = plan(&["a", "b"]);
+    assert!(matches!(
+        r.step(s.at(0), &policy, None),
+        Action::SendDrain { attempt: 1, .. }
+    ));
+    // Redis was down: the send failed. Many failed sends later, still no abort.
+    for t in 1..5u64 {
+        assert_eq!(
+            r.step(s.at(t * 1000 - 1), &policy, Some(Input::SendFailed)),
+            Action::Wait
+        );
+        assert!(matches!(
+            r.step(s.at(t * 1000), &policy, None),
+            Action::SendDrain { attempt: 1, .. }
+        ));
+    }
+    // Once sends go through, the retries count again.
+    assert!(matches!(
+        r.step(s.at(6000), &policy, None),
+        Action::SendDrain { attempt: 2, .. }
+    ));
+    assert!(matches!(
+        r.step(s.at(7000), &policy, None),
+        Action::Abort(Abort::NoAck { attempts: 2, .. })
+    ));
 }
