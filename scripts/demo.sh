@@ -35,8 +35,9 @@ cleanup() {
     trap - EXIT INT TERM
     touch "$work/stop"
     [ -n "$soak_pid" ] && kill "$soak_pid" 2>/dev/null || true
+    # The nodes drain and exit (no clients are left); their supervisors see the stop file and
+    # end with them.
     for pid in "${supervisors[@]}"; do
-        kill "$pid" 2>/dev/null || true
         pkill -TERM -P "$pid" 2>/dev/null || true
     done
     [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null || true
@@ -78,14 +79,13 @@ for i in 1 2 3; do
     name=node-$i
     node_port=$((port + i - 1))
     urls+=("ws://127.0.0.1:$node_port/ws")
-    (
-        # The supervisor: a node that exits (after a drain) is started again, same name.
-        while [ ! -e "$work/stop" ]; do
-            "$bin/ebb-node" --listen "127.0.0.1:$node_port" --name "$name" --redis "$redis_url" \
-                --cluster "$cluster" --close-spread "$spread" --reconnect-spread 1s \
-                >>"$work/$name.log" 2>&1 || sleep 1
-        done
-    ) &
+    # The supervisor: a node that exits (after a drain) is started again, same name. In its own
+    # session, so a Ctrl-C reaches only this script, whose cleanup stops the nodes in order.
+    setsid bash -c '
+        while [ ! -e "$1/stop" ]; do
+            "$2" --listen "127.0.0.1:$3" --name "$4" --redis "$5" --cluster "$6" \
+                --close-spread "$7" --reconnect-spread 1s >>"$1/$4.log" 2>&1 || sleep 1
+        done' supervisor "$work" "$bin/ebb-node" "$node_port" "$name" "$redis_url" "$cluster" "$spread" &
     supervisors+=($!)
     echo "$name on ws://127.0.0.1:$node_port/ws (log: $work/$name.log)"
 done
