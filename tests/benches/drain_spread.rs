@@ -19,25 +19,11 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut args = Args {
-        clients: 10_000,
-        spread_secs: 10,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || -> u64 {
-            it.next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{flag} needs a number"))
-        };
-        match flag.as_str() {
-            "--clients" => args.clients = value() as usize,
-            "--spread" => args.spread_secs = value(),
-            "--bench" => {}
-            other => panic!("unknown flag {other}"),
-        }
+    let flags = ebb_tests::bench::Flags::parse(&[("clients", 10_000), ("spread", 10)]);
+    Args {
+        clients: flags.get("clients") as usize,
+        spread_secs: flags.get("spread"),
     }
-    args
 }
 
 struct Outcome {

@@ -20,31 +20,20 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut args = Args {
-        rounds: 3,
-        seconds: 10,
-        connections: 100,
-        window: 1,
-        size: 64,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || -> u64 {
-            it.next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{flag} needs a number"))
-        };
-        match flag.as_str() {
-            "--rounds" => args.rounds = value() as usize,
-            "--seconds" => args.seconds = value(),
-            "--connections" => args.connections = value() as u32,
-            "--window" => args.window = value() as u32,
-            "--size" => args.size = value() as u32,
-            "--bench" => {}
-            other => panic!("unknown flag {other}"),
-        }
+    let flags = ebb_tests::bench::Flags::parse(&[
+        ("rounds", 3),
+        ("seconds", 10),
+        ("connections", 100),
+        ("window", 1),
+        ("size", 64),
+    ]);
+    Args {
+        rounds: flags.get("rounds") as usize,
+        seconds: flags.get("seconds"),
+        connections: flags.get("connections") as u32,
+        window: flags.get("window") as u32,
+        size: flags.get("size") as u32,
     }
-    args
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -18,26 +18,16 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut args = Args {
-        connections: 10_000,
-        base: 1_000,
-        per_process: 5_000,
+    let flags = ebb_tests::bench::Flags::parse(&[
+        ("connections", 10_000),
+        ("base", 1_000),
+        ("per-process", 5_000),
+    ]);
+    let args = Args {
+        connections: flags.get("connections") as usize,
+        base: flags.get("base") as usize,
+        per_process: flags.get("per-process") as usize,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || -> usize {
-            it.next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{flag} needs a number"))
-        };
-        match flag.as_str() {
-            "--connections" => args.connections = value(),
-            "--base" => args.base = value(),
-            "--per-process" => args.per_process = value(),
-            "--bench" => {}
-            other => panic!("unknown flag {other}"),
-        }
-    }
     assert!(
         args.connections > args.base,
         "--connections must exceed --base"

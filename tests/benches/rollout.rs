@@ -23,25 +23,11 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut args = Args {
-        clients_per_node: 3000,
-        repeat: 10,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || -> usize {
-            it.next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("{flag} needs a number"))
-        };
-        match flag.as_str() {
-            "--clients-per-node" => args.clients_per_node = value(),
-            "--repeat" => args.repeat = value(),
-            "--bench" => {}
-            other => panic!("unknown flag {other}"),
-        }
+    let flags = ebb_tests::bench::Flags::parse(&[("clients-per-node", 3000), ("repeat", 10)]);
+    Args {
+        clients_per_node: flags.get("clients-per-node") as usize,
+        repeat: flags.get("repeat") as usize,
     }
-    args
 }
 
 const CLUSTER: &str = "bench";

@@ -215,6 +215,15 @@ impl EventLog {
         .await
     }
 
+    /// [`EventLog::assert_one_at_a_time`], then how many drains each node name had.
+    pub fn drains_per_node(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut per_node = std::collections::BTreeMap::new();
+        for (name, _) in self.assert_one_at_a_time() {
+            *per_node.entry(name).or_default() += 1;
+        }
+        per_node
+    }
+
     /// Checks the rollout invariants over the log: at no moment were two instances draining,
     /// and each drained instance reached zero connections (or finished its drain) before the next
     /// instance began draining. An instance that vanished mid-drain (killed: it publishes nothing

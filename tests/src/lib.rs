@@ -1,6 +1,7 @@
 //! ebb's test harness: the pieces every scenario in `tests/` needs, so each scenario reads as
 //! what it proves.
 //!
+//! - [`bench`]: the benchmarks' flags;
 //! - [`bin`]: where the workspace's binaries are;
 //! - [`process`]: a node (or any ebb binary) as a child process, its logs, signals and exit;
 //! - [`procfs`]: memory and CPU time of a process, for benchmarks;
@@ -13,6 +14,7 @@
 //!   with faults to inject (kill, pause, Redis stop/start, cutting a node off from Redis);
 //! - [`eventually`]: poll a condition until it holds, instead of sleeping.
 
+pub mod bench;
 pub mod bin;
 pub mod containers;
 pub mod eventually;

@@ -486,15 +486,10 @@ async fn a_coordinator_killed_mid_rollout_is_resumed_and_no_node_is_drained_twic
         assert_eq!(entry["lost"], false, "{report}");
     }
 
-    let drained = fleet.events().assert_one_at_a_time();
-    let mut per_node: HashMap<&str, usize> = HashMap::new();
-    for (name, _) in &drained {
-        *per_node.entry(name.as_str()).or_default() += 1;
-    }
+    // Each node drained exactly once, one at a time.
     assert_eq!(
-        per_node,
-        HashMap::from([("n1", 1), ("n2", 1), ("n3", 1)]),
-        "{drained:?}"
+        fleet.events().drains_per_node(),
+        ["n1", "n2", "n3"].map(|n| (n.to_owned(), 1)).into()
     );
     for node in fleet.nodes() {
         assert_eq!(node.starts(), 2, "{}", node.name());
