@@ -142,7 +142,8 @@ async fn closes_are_spread_evenly_over_the_window() {
         let late = offset.saturating_sub(planned);
         let early = planned.saturating_sub(*offset);
         assert!(
-            late < Duration::from_millis(250) && early < Duration::from_millis(50),
+            // Never early; late by scheduling and a busy CI machine at most.
+            late < Duration::from_millis(400) && early < Duration::from_millis(50),
             "close {i} at {offset:?}, planned {planned:?}: {offsets:?}"
         );
     }
@@ -174,7 +175,7 @@ async fn a_client_that_ignores_the_close_is_cut_at_the_close_timeout() {
         .await
         .expect("the node cut the connection");
     assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_millis(1500),
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2000),
         "{waited:?}"
     );
     assert_eq!(node.proc.wait(SECS(5)).await.code(), Some(0));
