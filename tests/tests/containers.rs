@@ -52,6 +52,23 @@ async fn echo(node: &NodeContainer, text: &str) {
     echo_on(&mut client, text).await;
 }
 
+/// The report's entries, after checking that n1, n2 and n3 were each replaced by a new instance.
+fn every_node_replaced(report: &serde_json::Value) -> &Vec<serde_json::Value> {
+    let entries = report["nodes"]
+        .as_array()
+        .expect("a report lists its nodes");
+    let names: Vec<&str> = entries
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["n1", "n2", "n3"], "{report}");
+    for entry in entries {
+        assert!(entry["new_instance"].is_string(), "{entry}");
+        assert_ne!(entry["old_instance"], entry["new_instance"], "{entry}");
+    }
+    entries
+}
+
 fn is_state(event: &Event, node: &str, state: NodeState) -> bool {
     event.node == node && matches!(event.kind, EventKind::State { state: s, .. } if s == state)
 }
@@ -137,16 +154,7 @@ async fn a_node_killed_mid_drain_is_waited_for_and_the_rollout_completes() {
     assert_eq!(status.code(), Some(0), "{:#?}", coordinator.logs());
     let report = report_of(&stdout.join("\n"));
     assert_eq!(report["status"], "completed", "{report}");
-    let entries = report["nodes"].as_array().unwrap();
-    let names: Vec<&str> = entries
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["n1", "n2", "n3"]);
-    for entry in entries {
-        assert_ne!(entry["old_instance"], entry["new_instance"], "{entry}");
-        assert!(entry["new_instance"].is_string(), "{entry}");
-    }
+    let entries = every_node_replaced(&report);
     assert_eq!(entries[0]["lost"], true, "{report}");
     assert_eq!(entries[1]["lost"], false, "{report}");
     assert_eq!(entries[2]["lost"], false, "{report}");
@@ -472,15 +480,7 @@ async fn a_coordinator_killed_mid_rollout_is_resumed_and_no_node_is_drained_twic
     assert_eq!(code, 0, "{logs:#?}");
     let report = report_of(&stdout);
     assert_eq!(report["status"], "completed", "{report}");
-    let entries = report["nodes"].as_array().unwrap();
-    let names: Vec<&str> = entries
-        .iter()
-        .map(|e| e["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["n1", "n2", "n3"]);
-    for entry in entries {
-        assert_ne!(entry["old_instance"], entry["new_instance"], "{entry}");
-    }
+    let entries = every_node_replaced(&report);
     // The old n2 exited while no coordinator watched: not a loss.
     for entry in entries {
         assert_eq!(entry["lost"], false, "{report}");
