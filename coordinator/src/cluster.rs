@@ -8,7 +8,7 @@
 
 use ebb_proto::command::Command;
 use ebb_proto::sign::Secret;
-use ebb_proto::{Event, Keys, NodeRecord};
+use ebb_proto::{Event, Keys, NodeName, NodeRecord};
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
@@ -61,6 +61,8 @@ pub struct Cluster {
     conn: ConnectionManager,
     keys: Keys,
     url: String,
+    /// With a secret, records and events must carry the nodes' signatures.
+    secret: Option<Secret>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -85,7 +87,11 @@ pub enum Followed {
 
 impl Cluster {
     /// Connects to `url` for cluster `cluster`.
-    pub async fn connect(url: &str, cluster: &str) -> Result<Cluster, ClusterError> {
+    pub async fn connect(
+        url: &str,
+        cluster: &str,
+        secret: Option<Secret>,
+    ) -> Result<Cluster, ClusterError> {
         let keys = Keys::new(cluster)?;
         let client = redis::Client::open(url).map_err(|source| ClusterError::Url {
             url: url.to_owned(),
@@ -107,6 +113,7 @@ impl Cluster {
             conn,
             keys,
             url: url.to_owned(),
+            secret,
         })
     }
 
@@ -121,10 +128,19 @@ impl Cluster {
 
     /// Every registered node, sorted by name. Index entries whose record expired long ago are pruned.
     pub async fn nodes(&mut self) -> Result<Vec<NodeRecord>, ClusterError> {
-        let names: Vec<(String, f64)> = self
+        let listed: Vec<(String, f64)> = self
             .conn
             .zrange_withscores(self.keys.nodes(), 0, -1)
             .await?;
+        let mut names = Vec::with_capacity(listed.len());
+        for (name, score) in listed {
+            match NodeName::parse(&name) {
+                Ok(name) => names.push((name, score)),
+                Err(error) => {
+                    tracing::warn!(%error, "skipping an index entry that is not a node name")
+                }
+            }
+        }
         if names.is_empty() {
             return Ok(Vec::new());
         }
@@ -145,16 +161,19 @@ impl Cluster {
                 }
                 continue;
             }
-            match NodeRecord::from_fields(&hash) {
-                Ok(record) => records.push(record),
-                Err(error) => tracing::warn!(%name, %error, "ignoring an unreadable node record"),
+            match NodeRecord::from_fields(&hash, self.keys.cluster(), self.secret.as_ref()) {
+                Ok(record) if record.name == name => records.push(record),
+                Ok(record) => {
+                    tracing::warn!(%name, claimed = %record.name, "skipping a node record listed under another name")
+                }
+                Err(error) => tracing::warn!(%name, %error, "skipping an unreadable node record"),
             }
         }
         for name in stale {
             let _: i64 = PRUNE
                 .key(self.keys.nodes())
                 .key(self.keys.node(&name))
-                .arg(&name)
+                .arg(name.as_str())
                 .invoke_async(&mut self.conn)
                 .await?;
         }
@@ -190,7 +209,7 @@ impl Cluster {
     }
 
     /// Forgets a node's desired state (after its replacement is up).
-    pub async fn clear_desired(&mut self, name: &str) -> Result<(), ClusterError> {
+    pub async fn clear_desired(&mut self, name: &NodeName) -> Result<(), ClusterError> {
         let _: i64 = self.conn.del(self.keys.desired(name)).await?;
         Ok(())
     }
@@ -218,12 +237,13 @@ impl Cluster {
         let (tx, rx) = mpsc::channel(4096);
         let client = self.client.clone();
         let channel = self.keys.events();
+        let scope = (self.keys.cluster().to_owned(), self.secret.clone());
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
             while !stop.is_cancelled() {
                 let (subscribed, error) = tokio::select! {
                     () = stop.cancelled() => return,
-                    ended = follow_once(&client, &channel, &tx) => ended,
+                    ended = follow_once(&client, &channel, &scope, &tx) => ended,
                 };
                 if subscribed {
                     delay = Duration::from_millis(100);
@@ -246,10 +266,11 @@ impl Cluster {
 async fn follow_once(
     client: &redis::Client,
     channel: &str,
+    scope: &(String, Option<Secret>),
     tx: &mpsc::Sender<Followed>,
 ) -> (bool, String) {
     let mut subscribed = false;
-    let why = subscription(client, channel, tx, &mut subscribed).await;
+    let why = subscription(client, channel, scope, tx, &mut subscribed).await;
     (subscribed, why)
 }
 
@@ -257,6 +278,7 @@ async fn follow_once(
 async fn subscription(
     client: &redis::Client,
     channel: &str,
+    (cluster, secret): &(String, Option<Secret>),
     tx: &mpsc::Sender<Followed>,
     subscribed: &mut bool,
 ) -> String {
@@ -280,7 +302,7 @@ async fn subscription(
         tokio::select! {
             message = messages.next() => match message {
                 Some(message) => {
-                    if let Some(event) = Event::decode(message.get_payload_bytes())
+                    if let Ok(event) = Event::decode(message.get_payload_bytes(), secret.as_ref(), cluster)
                         && tx.send(Followed::Event(event)).await.is_err()
                     {
                         return "stopped".to_owned();

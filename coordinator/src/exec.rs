@@ -1,15 +1,28 @@
 //! `--exec`: a command run per node after its drain, for supervisors that do not restart a
 //! process that exits (`systemctl restart ebb-node@{name}`, `kubectl delete pod {name}`).
+//!
+//! The template is the operator's and runs with `sh -c`; what is substituted into it comes from
+//! Redis. A [`NodeName`] can only hold `[A-Za-z0-9._-]`, and each substitution is shell-quoted
+//! besides, so no record can put a shell word of its own into the command line.
 
+use ebb_proto::NodeName;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
-/// Substitutes `{name}` and `{instance}` in `template`.
-pub fn render(template: &str, name: &str, instance: &str) -> String {
+/// Substitutes `{name}` and `{instance}` in `template`, each as one shell-quoted word.
+pub fn render(template: &str, name: &NodeName, instance: Option<uuid::Uuid>) -> String {
+    let instance = instance.map(|i| i.to_string()).unwrap_or_default();
     template
-        .replace("{name}", name)
-        .replace("{instance}", instance)
+        .replace("{name}", &quote(name.as_str()))
+        .replace("{instance}", &quote(&instance))
+}
+
+/// One shell word for `value` (quoted only when it needs it).
+fn quote(value: &str) -> String {
+    shlex::try_quote(value)
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| "''".to_owned())
 }
 
 /// Runs `command` with `sh -c`, bounded by `limit`; `Err` carries the exit status and the end of
@@ -65,10 +78,26 @@ mod tests {
 
     #[test]
     fn renders_placeholders() {
+        let name = NodeName::parse("a").unwrap();
+        let instance = uuid::Uuid::nil();
         assert_eq!(
-            render("systemctl restart ebb-node@{name} # {instance}", "a", "i-1"),
-            "systemctl restart ebb-node@a # i-1"
+            render(
+                "systemctl restart ebb-node@{name} # {instance}",
+                &name,
+                Some(instance)
+            ),
+            format!("systemctl restart ebb-node@a # {instance}")
         );
+        assert_eq!(render("x {instance}", &name, None), "x ''");
+    }
+
+    #[test]
+    fn a_substitution_is_one_shell_word() {
+        // A NodeName cannot hold shell syntax; the quoting is a second wall behind it.
+        assert_eq!(quote("evil;touch /tmp/x"), "'evil;touch /tmp/x'");
+        assert_eq!(quote("$(id)"), "'$(id)'");
+        assert_eq!(quote("a'b"), "\"a'b\"");
+        assert_eq!(quote("web-1.eu"), "web-1.eu");
     }
 
     #[tokio::test]

@@ -1,6 +1,7 @@
 //! Live progress of a rollout: on a terminal, one indicatif line per node with its state and
 //! draining count; otherwise (CI, pipes) a plain line per change on stderr.
 
+use ebb_proto::NodeName;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -26,7 +27,7 @@ const PLAIN_EVERY: Duration = Duration::from_secs(1);
 
 impl Progress {
     /// Bars on a terminal (unless `quiet`), lines otherwise.
-    pub fn new(plan: &[String], quiet: bool) -> Self {
+    pub fn new(plan: &[NodeName], quiet: bool) -> Self {
         if quiet || !std::io::stderr().is_terminal() {
             return Progress {
                 bars: None,
@@ -42,10 +43,10 @@ impl Progress {
             .map(|name| {
                 let bar = multi.add(ProgressBar::new_spinner());
                 bar.set_style(style.clone());
-                bar.set_prefix(name.clone());
+                bar.set_prefix(name.to_string());
                 bar.set_message("pending");
                 bar.enable_steady_tick(Duration::from_millis(120));
-                (name.clone(), bar)
+                (name.to_string(), bar)
             })
             .collect();
         Progress {
@@ -56,7 +57,8 @@ impl Progress {
     }
 
     /// Sets what a node is doing (printed only when it changes).
-    pub fn node(&mut self, name: &str, message: String) {
+    pub fn node(&mut self, name: &NodeName, message: String) {
+        let name = name.as_str();
         if self.last.get(name) == Some(&message) {
             return;
         }
@@ -83,7 +85,8 @@ impl Progress {
     }
 
     /// Marks a node finished.
-    pub fn finish_node(&mut self, name: &str, message: String) {
+    pub fn finish_node(&mut self, name: &NodeName, message: String) {
+        let name = name.as_str();
         match &self.bars {
             Some((_, bars)) => {
                 if let Some(bar) = bars.get(name) {

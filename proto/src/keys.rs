@@ -9,11 +9,15 @@
 //! | [`Keys::nodes`] `ebb:{c}:nodes` | sorted set: member = node name, score = last heartbeat (ms) | node | coordinator (listing without SCAN) |
 //! | [`Keys::commands`] `ebb:{c}:commands:<name>` | pub/sub channel of [`crate::command`] payloads | coordinator, CI/CD, `redis-cli` | node |
 //! | [`Keys::desired`] `ebb:{c}:desired:<name>` | string: the last command payload, TTL [`DESIRED_TTL`] | coordinator | node, on (re)connect |
+//! | [`Keys::instance`] `ebb:{c}:instance:<name>:<uuid>` | hash: the same fields as the record, this process's own, TTL [`NODE_TTL`] | node (every heartbeat) | coordinator (is the old instance still alive?) |
+//! | [`Keys::nonce`] `ebb:{c}:nonce:<nonce>` | string, `SET NX PX` until the command expires | node (on applying a signed command) | node (replay check) |
 //! | [`Keys::events`] `ebb:{c}:events` | pub/sub channel of [`crate::event`] JSON | node | coordinator |
 //! | [`Keys::rollout_lock`] `ebb:{c}:rollout:lock` | string: holder token, PX expiry [`ROLLOUT_LOCK_TTL`] | coordinator | coordinator |
 //! | [`Keys::rollout_state`] `ebb:{c}:rollout:state` | string: JSON rollout progress, for `--resume` | coordinator | coordinator |
 
+pub use crate::name::{MAX_NAME_LEN, NameError, NodeName, validate_name};
 use std::time::Duration;
+use uuid::Uuid;
 
 /// Every key starts with this.
 pub const KEY_ROOT: &str = "ebb";
@@ -27,36 +31,12 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
 pub const DESIRED_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Expiry of the rollout lock; the holder renews it every third of this.
 pub const ROLLOUT_LOCK_TTL: Duration = Duration::from_secs(15);
-/// Largest accepted name (cluster or node), in bytes.
-pub const MAX_NAME_LEN: usize = 128;
-
-/// A cluster or node name that would break the key schema.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum NameError {
-    #[error("name is empty")]
-    Empty,
-    #[error("name is longer than {MAX_NAME_LEN} bytes")]
-    TooLong,
-    #[error("name {0:?} has a character other than ASCII letters, digits, '.', '_' or '-'")]
-    BadChar(String),
-}
-
-/// Checks a cluster or node name: 1 to [`MAX_NAME_LEN`] of `[A-Za-z0-9._-]`.
-pub fn validate_name(name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty);
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong);
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-    {
-        return Err(NameError::BadChar(name.to_owned()));
-    }
-    Ok(())
-}
+/// How far apart the clocks of nodes and coordinators may be. A record whose `updated_at_ms` is
+/// older than [`NODE_TTL`] plus this is stale (a replayed or leftover copy), and one from further
+/// in the future than this is refused.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
+/// Longest nonce, in bytes. Nonces go into keys ([`Keys::nonce`]), so they follow the name rule.
+pub const MAX_NONCE_LEN: usize = 64;
 
 /// The key and channel builder of one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +61,7 @@ impl Keys {
     }
 
     /// `ebb:{c}:node:<name>`: the node record hash.
-    pub fn node(&self, name: &str) -> String {
+    pub fn node(&self, name: &NodeName) -> String {
         format!("{}node:{name}", self.prefix)
     }
 
@@ -91,13 +71,26 @@ impl Keys {
     }
 
     /// `ebb:{c}:commands:<name>`: the channel a node listens on for its commands.
-    pub fn commands(&self, name: &str) -> String {
+    pub fn commands(&self, name: &NodeName) -> String {
         format!("{}commands:{name}", self.prefix)
     }
 
     /// `ebb:{c}:desired:<name>`: the last command for a node, reconciled on (re)connect.
-    pub fn desired(&self, name: &str) -> String {
+    pub fn desired(&self, name: &NodeName) -> String {
         format!("{}desired:{name}", self.prefix)
+    }
+
+    /// `ebb:{c}:instance:<name>:<instance>`: one process's own copy of its record, written on
+    /// every heartbeat whether or not it still owns [`Keys::node`], so the coordinator can tell
+    /// that an old instance is still alive after its replacement took the name over.
+    pub fn instance(&self, name: &NodeName, instance: Uuid) -> String {
+        format!("{}instance:{name}:{}", self.prefix, instance.simple())
+    }
+
+    /// `ebb:{c}:nonce:<nonce>`: a signed command's nonce, remembered until the command expires
+    /// (`SET NX PX`), so a replay is refused even by a node that restarted since.
+    pub fn nonce(&self, nonce: &str) -> String {
+        format!("{}nonce:{nonce}", self.prefix)
     }
 
     /// `ebb:{c}:events`: the channel every node of the cluster publishes events on.
@@ -123,19 +116,27 @@ mod tests {
     #[test]
     fn keys_share_a_hash_tagged_prefix() {
         let keys = Keys::new("prod-eu").unwrap();
+        let a = NodeName::parse("a").unwrap();
         for key in [
-            keys.node("a"),
+            keys.node(&a),
             keys.nodes(),
-            keys.commands("a"),
-            keys.desired("a"),
+            keys.commands(&a),
+            keys.desired(&a),
+            keys.instance(&a, Uuid::nil()),
+            keys.nonce("n1"),
             keys.events(),
             keys.rollout_lock(),
             keys.rollout_state(),
         ] {
             assert!(key.starts_with("ebb:{prod-eu}:"), "{key}");
         }
-        assert_eq!(keys.node("web-1"), "ebb:{prod-eu}:node:web-1");
-        assert_eq!(keys.commands("web-1"), "ebb:{prod-eu}:commands:web-1");
+        let web = NodeName::parse("web-1").unwrap();
+        assert_eq!(keys.node(&web), "ebb:{prod-eu}:node:web-1");
+        assert_eq!(keys.commands(&web), "ebb:{prod-eu}:commands:web-1");
+        assert_eq!(
+            keys.instance(&web, Uuid::nil()),
+            "ebb:{prod-eu}:instance:web-1:00000000000000000000000000000000"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! a change to any format happens here once and every side sees it.
 //!
 //! Layout:
+//! - [`name`]: [`NodeName`], the only way a node name gets anywhere;
 //! - [`keys`]: the Redis key and channel schema, TTLs and intervals (nobody else formats a key);
 //! - [`state`]: the node lifecycle states as stored and published;
 //! - [`record`]: the node record hash a node writes and the coordinator reads;
@@ -11,13 +12,14 @@
 //! - [`event`]: what nodes publish so the coordinator reacts without polling;
 //! - [`close`]: WebSocket close codes and the close reason that carries a reconnect hint;
 //! - [`notice`]: the seed article's `server_shutdown` text notice;
-//! - [`sign`]: HMAC-SHA256 signing shared by both ends;
+//! - [`sign`]: HMAC-SHA256 signing and the signed envelope, per domain;
 //! - [`time`]: wall-clock milliseconds, the unit every timestamp on the wire uses.
 
 pub mod close;
 pub mod command;
 pub mod event;
 pub mod keys;
+pub mod name;
 pub mod notice;
 pub mod record;
 pub mod sign;
@@ -26,8 +28,9 @@ pub mod time;
 
 pub use close::CloseReason;
 pub use command::{Command, Refusal};
-pub use event::{Event, EventKind};
-pub use keys::{Keys, NameError};
+pub use event::{Event, EventKind, EventRefusal};
+pub use keys::Keys;
+pub use name::{NameError, NodeName};
 pub use notice::ShutdownNotice;
 pub use record::NodeRecord;
 pub use state::NodeState;

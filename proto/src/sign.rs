@@ -1,9 +1,17 @@
-//! HMAC-SHA256 signing of commands, shared by the coordinator (signs) and the node (verifies).
+//! HMAC-SHA256 signing, shared by every party that holds the cluster's secret.
 //!
-//! With a shared secret configured, anyone who can PUBLISH to Redis still cannot drain the fleet:
-//! the node refuses what is unsigned, badly signed, expired or replayed.
+//! With a shared secret configured, anyone who can PUBLISH to Redis still cannot drain the fleet
+//! (nodes refuse commands that are unsigned, badly signed, expired or replayed) nor steer a
+//! rollout (the coordinator ignores unsigned events and records). One secret signs several kinds
+//! of message, so every signature is bound to a [`Domain`]: an event's signature never verifies
+//! as a command's.
+//!
+//! Messages travel in one envelope, `{"v":1,"signed":"<the body's JSON, as a string>","sig":"<hex
+//! HMAC-SHA256>"}` ([`Envelope`]): signing the exact string avoids any JSON canonicalisation
+//! question, and the body is parsed only after its signature checked out.
 
 use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use std::fmt;
 
@@ -31,25 +39,85 @@ impl Secret {
         Ok(Secret(bytes))
     }
 
-    fn mac(&self) -> HmacSha256 {
-        HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length")
+    fn mac(&self, domain: Domain) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC accepts keys of any length");
+        mac.update(domain.tag());
+        mac
     }
 
-    /// The lower-case hex HMAC-SHA256 of `message`.
-    pub fn sign(&self, message: &[u8]) -> String {
-        let mut mac = self.mac();
+    /// The lower-case hex HMAC-SHA256 of `message` in `domain`.
+    pub fn sign(&self, domain: Domain, message: &[u8]) -> String {
+        let mut mac = self.mac(domain);
         mac.update(message);
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// Whether `signature_hex` is the HMAC of `message`, compared in constant time.
-    pub fn verify(&self, message: &[u8], signature_hex: &str) -> bool {
+    /// Whether `signature_hex` is the HMAC of `message` in `domain`, compared in constant time.
+    pub fn verify(&self, domain: Domain, message: &[u8], signature_hex: &str) -> bool {
+        if signature_hex.len() != 64 {
+            return false;
+        }
         let Ok(signature) = hex::decode(signature_hex) else {
             return false;
         };
-        let mut mac = self.mac();
+        let mut mac = self.mac(domain);
         mac.update(message);
         mac.verify_slice(&signature).is_ok()
+    }
+
+    /// `body` in a signed [`Envelope`], as JSON.
+    pub fn seal(&self, domain: Domain, body: String) -> String {
+        let sig = self.sign(domain, body.as_bytes());
+        let envelope = Envelope {
+            v: ENVELOPE_VERSION,
+            signed: body,
+            sig,
+        };
+        serde_json::to_string(&envelope).expect("an envelope always serializes")
+    }
+}
+
+/// What a signature vouches for. The tag is hashed before the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Domain {
+    /// A command to a node (drain, resume).
+    Command,
+    /// A node's event on the events channel.
+    Event,
+    /// A node's record (and its per-instance copy).
+    Record,
+    /// A request to the coordinator service.
+    Request,
+}
+
+impl Domain {
+    fn tag(self) -> &'static [u8] {
+        match self {
+            Domain::Command => b"ebb-command\0",
+            Domain::Event => b"ebb-event\0",
+            Domain::Record => b"ebb-record\0",
+            Domain::Request => b"ebb-request\0",
+        }
+    }
+}
+
+/// The version field of an [`Envelope`].
+pub const ENVELOPE_VERSION: u64 = 1;
+
+/// A signed message: the body's exact JSON text and its signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u64,
+    pub signed: String,
+    pub sig: String,
+}
+
+impl Envelope {
+    /// The body, if `secret` signed it in `domain`.
+    pub fn open(&self, secret: &Secret, domain: Domain) -> Option<&str> {
+        secret
+            .verify(domain, self.signed.as_bytes(), &self.sig)
+            .then_some(self.signed.as_str())
     }
 }
 
@@ -66,14 +134,25 @@ mod tests {
     #[test]
     fn sign_and_verify() {
         let secret = Secret::new("0123456789abcdef").unwrap();
-        let sig = secret.sign(b"hello");
+        let sig = secret.sign(Domain::Command, b"hello");
         assert_eq!(sig.len(), 64);
-        assert!(secret.verify(b"hello", &sig));
-        assert!(!secret.verify(b"hellp", &sig));
-        assert!(!secret.verify(b"hello", "zz"));
+        assert!(secret.verify(Domain::Command, b"hello", &sig));
+        assert!(!secret.verify(Domain::Command, b"hellp", &sig));
+        assert!(!secret.verify(Domain::Command, b"hello", "zz"));
+        assert!(!secret.verify(Domain::Command, b"hello", &sig[..62]));
         let other = Secret::new("fedcba9876543210").unwrap();
-        assert!(!other.verify(b"hello", &sig));
+        assert!(!other.verify(Domain::Command, b"hello", &sig));
         assert_eq!(Secret::new("short").unwrap_err(), WeakSecret);
         assert_eq!(format!("{secret:?}"), "Secret(<redacted>)");
+    }
+
+    #[test]
+    fn a_signature_is_bound_to_its_domain() {
+        let secret = Secret::new("0123456789abcdef").unwrap();
+        let sealed = secret.seal(Domain::Event, r#"{"x":1}"#.to_owned());
+        let envelope: Envelope = serde_json::from_str(&sealed).unwrap();
+        assert_eq!(envelope.open(&secret, Domain::Event), Some(r#"{"x":1}"#));
+        assert_eq!(envelope.open(&secret, Domain::Command), None);
+        assert_eq!(envelope.open(&secret, Domain::Record), None);
     }
 }

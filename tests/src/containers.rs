@@ -358,7 +358,8 @@ impl Fleet {
     /// A node's record as stored in Redis (empty when there is none).
     pub async fn record(&self, name: &str) -> HashMap<String, String> {
         let mut conn = self.redis_conn().await;
-        let read = redis::AsyncCommands::hgetall(&mut conn, self.keys().node(name));
+        let key = self.keys().node(&crate::node_name(name));
+        let read = redis::AsyncCommands::hgetall(&mut conn, key);
         tokio::time::timeout(HTTP_LIMIT, read)
             .await
             .unwrap_or_else(|_| {
@@ -389,8 +390,8 @@ impl Fleet {
     /// received it.
     pub async fn publish_command(&self, name: &str, payload: impl AsRef<[u8]>) -> i64 {
         let mut conn = self.redis_conn().await;
-        let publish =
-            redis::AsyncCommands::publish(&mut conn, self.keys().commands(name), payload.as_ref());
+        let channel = self.keys().commands(&crate::node_name(name));
+        let publish = redis::AsyncCommands::publish(&mut conn, channel, payload.as_ref());
         tokio::time::timeout(HTTP_LIMIT, publish)
             .await
             .unwrap_or_else(|_| panic!("publishing to {name} took longer than {HTTP_LIMIT:?}"))

@@ -175,10 +175,13 @@ impl EventLog {
             .expect("subscribe");
         let log = EventLog::default();
         let events = log.events.clone();
+        let cluster = cluster.to_owned();
         let task = tokio::spawn(async move {
             let mut stream = pubsub.into_on_message();
             while let Some(message) = stream.next().await {
-                if let Some(event) = Event::decode(message.get_payload_bytes()) {
+                // Sealed events are read without checking the seal: the log records what was
+                // published, forged or not.
+                if let Ok(event) = Event::decode(message.get_payload_bytes(), None, &cluster) {
                     events.lock().unwrap().push((Instant::now(), event));
                 }
             }
@@ -244,8 +247,8 @@ impl EventLog {
                         event.node,
                         draining.values().collect::<Vec<_>>()
                     );
-                    draining.insert(event.instance, event.node.clone());
-                    order.push((event.node.clone(), event.instance));
+                    draining.insert(event.instance, event.node.to_string());
+                    order.push((event.node.to_string(), event.instance));
                 }
                 EventKind::Connections { connections: 0 }
                 | EventKind::Drained { .. }
@@ -258,7 +261,7 @@ impl EventLog {
                 }
                 EventKind::Registered { .. } => {
                     draining.retain(|instance, name| {
-                        *name != event.node || *instance == event.instance
+                        event.node != name.as_str() || *instance == event.instance
                     });
                 }
                 _ => {}

@@ -26,3 +26,8 @@ pub mod redis;
 pub mod ws;
 
 pub use eventually::eventually;
+
+/// `name` as a [`ebb_proto::NodeName`]; panics on a name the test got wrong.
+pub fn node_name(name: &str) -> ebb_proto::NodeName {
+    ebb_proto::NodeName::parse(name).unwrap_or_else(|e| panic!("test node name {name:?}: {e}"))
+}

@@ -27,9 +27,13 @@ async fn record(
     conn: &mut redis::aio::MultiplexedConnection,
     name: &str,
 ) -> HashMap<String, String> {
-    conn.hgetall(Keys::new(CLUSTER).unwrap().node(name))
-        .await
-        .unwrap()
+    conn.hgetall(
+        Keys::new(CLUSTER)
+            .unwrap()
+            .node(&ebb_tests::node_name(name)),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -61,7 +65,11 @@ async fn a_node_registers_heartbeats_expires_when_killed_and_deregisters_on_exit
     })
     .await;
     let ttl: i64 = c
-        .pttl(Keys::new(CLUSTER).unwrap().node("n1"))
+        .pttl(
+            Keys::new(CLUSTER)
+                .unwrap()
+                .node(&ebb_tests::node_name("n1")),
+        )
         .await
         .unwrap();
     assert!(ttl > 0 && ttl <= 2000, "{ttl}");
@@ -142,7 +150,9 @@ async fn a_drain_published_while_the_node_is_cut_off_is_obeyed_when_it_reconnect
         .query_async(&mut c)
         .await
         .unwrap();
-    let channel = Keys::new(CLUSTER).unwrap().commands("n1");
+    let channel = Keys::new(CLUSTER)
+        .unwrap()
+        .commands(&ebb_tests::node_name("n1"));
     eventually("the node's subscription is gone", SECS(5), || async {
         let (_, n): (String, i64) = redis::cmd("PUBSUB")
             .arg(&["NUMSUB", channel.as_str()])
@@ -213,7 +223,9 @@ async fn malformed_unsigned_forged_and_replayed_commands_are_refused_and_counted
         (!record(&mut conn(&redis).await, "n1").await.is_empty()).then_some(())
     })
     .await;
-    let channel = Keys::new(CLUSTER).unwrap().commands("n1");
+    let channel = Keys::new(CLUSTER)
+        .unwrap()
+        .commands(&ebb_tests::node_name("n1"));
     let publish = |payload: Vec<u8>| {
         let channel = channel.clone();
         let url = redis.url().to_owned();
@@ -234,8 +246,11 @@ async fn malformed_unsigned_forged_and_replayed_commands_are_refused_and_counted
     publish(drain.replace("\"v\":1", "\"v\":9").into_bytes()).await;
     publish(drain.as_bytes().to_vec()).await; // unsigned
     let wrong = ebb_proto::sign::Secret::new("not-the-shared-secret").unwrap();
-    let mut cmd =
-        ebb_proto::Command::new("n1", ebb_proto::command::Action::Drain(Default::default()));
+    let mut cmd = ebb_proto::Command::new(
+        CLUSTER,
+        ebb_tests::node_name("n1"),
+        ebb_proto::command::Action::Drain(Default::default()),
+    );
     publish(cmd.encode(Some(&wrong), 60_000).into_bytes()).await; // forged
     // A genuine signed command, then the same bytes again.
     cmd.action = ebb_proto::command::Action::Resume(Default::default());

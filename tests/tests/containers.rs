@@ -88,7 +88,7 @@ fn draining_order(fleet: &Fleet) -> Vec<String> {
                 }
             )
         })
-        .map(|(_, e)| e.node.clone())
+        .map(|(_, e)| e.node.to_string())
         .collect()
 }
 
@@ -544,13 +544,18 @@ async fn garbage_on_the_command_channels_is_refused_counted_and_every_node_keeps
         let name = node.name();
         let other = if name == "n1" { "n2" } else { "n1" };
         let plain = format!(r#"{{"v":1,"id":"g{i}","target":"{name}","type":"drain"}}"#);
-        let mut expired = Command::new(name, drain());
+        let mut expired = Command::new(fleet.keys().cluster(), ebb_tests::node_name(name), drain());
         expired.expires_at_ms = Some(ebb_proto::time::now_ms() - 60_000);
-        let mut wrong_instance = Command::new(name, drain());
+        let mut wrong_instance =
+            Command::new(fleet.keys().cluster(), ebb_tests::node_name(name), drain());
         wrong_instance.instance = Some(uuid::Uuid::new_v4());
-        let genuine =
-            Command::new(name, Action::Resume(Default::default())).encode(Some(&right), 60_000);
-        let tampered = Command::new(name, drain())
+        let genuine = Command::new(
+            fleet.keys().cluster(),
+            ebb_tests::node_name(name),
+            Action::Resume(Default::default()),
+        )
+        .encode(Some(&right), 60_000);
+        let tampered = Command::new(fleet.keys().cluster(), ebb_tests::node_name(name), drain())
             .encode(Some(&right), 60_000)
             .replace(r#"\"then\":\"exit\""#, r#"\"then\":\"stay\""#);
         assert!(tampered.contains("stay"), "{tampered}");
@@ -573,7 +578,7 @@ async fn garbage_on_the_command_channels_is_refused_counted_and_every_node_keeps
             ("unsigned", plain.clone().into_bytes()),
             (
                 "bad_signature",
-                Command::new(name, drain())
+                Command::new(fleet.keys().cluster(), ebb_tests::node_name(name), drain())
                     .encode(Some(&wrong), 60_000)
                     .into_bytes(),
             ),
@@ -581,7 +586,7 @@ async fn garbage_on_the_command_channels_is_refused_counted_and_every_node_keeps
             ("expired", expired.encode(Some(&right), 60_000).into_bytes()),
             (
                 "wrong_target",
-                Command::new(other, drain())
+                Command::new(fleet.keys().cluster(), ebb_tests::node_name(other), drain())
                     .encode(Some(&right), 60_000)
                     .into_bytes(),
             ),

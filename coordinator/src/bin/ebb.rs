@@ -6,6 +6,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use ebb_coordinator::commands::{self, Outcome, Target};
 use ebb_coordinator::rollout::{self, Policy};
+use ebb_proto::NodeName;
 use ebb_proto::command::{Action, Drain, Resume, Then};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +68,7 @@ enum Cmd {
     },
     /// Drain one node.
     Drain {
-        name: String,
+        name: NodeName,
         /// Exit once drained (the supervisor restarts it) or stay drained until `ebb resume`.
         #[arg(long, value_enum, default_value = "exit")]
         then: ThenArg,
@@ -82,7 +83,7 @@ enum Cmd {
         timeout: humantime::Duration,
     },
     /// Make a drained node active again.
-    Resume { name: String },
+    Resume { name: NodeName },
     /// Drain and restart every node, one at a time.
     RollingRestart(Box<RollingArgs>),
     /// Print the channel and payload of a command (signed with --secret), for `redis-cli PUBLISH`.
@@ -95,12 +96,12 @@ enum Cmd {
 #[derive(Debug, Subcommand)]
 enum SignAction {
     Drain {
-        name: String,
+        name: NodeName,
         #[arg(long, value_enum, default_value = "exit")]
         then: ThenArg,
     },
     Resume {
-        name: String,
+        name: NodeName,
     },
 }
 
@@ -120,7 +121,7 @@ struct RollingArgs {
     fresh: bool,
     /// Only these nodes, in this order (comma-separated).
     #[arg(long, value_delimiter = ',')]
-    nodes: Option<Vec<String>>,
+    nodes: Option<Vec<NodeName>>,
     /// Other active nodes required before draining one.
     #[arg(long, default_value_t = rollout::DEFAULT_MIN_ACTIVE)]
     min_active: usize,

@@ -2,15 +2,15 @@
 
 use super::{Error, Outcome, Target};
 use crate::cluster::Followed;
-use ebb_proto::NodeState;
 use ebb_proto::command::{Action, Command, Drain, Then};
+use ebb_proto::{NodeName, NodeState};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// What to drain.
 #[derive(Debug, Clone)]
 pub struct Args {
-    pub name: String,
+    pub name: NodeName,
     pub then: Then,
     pub deadline: Option<Duration>,
     /// Wait until drained (stay) or gone (exit), at most this long.
@@ -33,7 +33,7 @@ pub async fn run(target: &Target, args: Args) -> Result<Outcome, Error> {
     let instance = node.instance;
     let stop = CancellationToken::new();
     let mut events = cluster.follow_events(stop.clone());
-    let mut cmd = Command::new(args.name.clone(), Action::Drain(drain));
+    let mut cmd = Command::new(&target.cluster, args.name.clone(), Action::Drain(drain));
     cmd.instance = Some(instance);
     let receivers = cluster.send(&cmd, target.secret.as_ref()).await?;
     eprintln!(

@@ -8,6 +8,7 @@ pub mod sign;
 pub mod status;
 
 use crate::cluster::{Cluster, ClusterError};
+use ebb_proto::NodeName;
 use ebb_proto::sign::Secret;
 
 /// Which cluster, and how to reach and sign for it (the global flags).
@@ -20,7 +21,7 @@ pub struct Target {
 
 impl Target {
     pub async fn connect(&self) -> Result<Cluster, Error> {
-        Ok(Cluster::connect(&self.redis_url, &self.cluster).await?)
+        Ok(Cluster::connect(&self.redis_url, &self.cluster, self.secret.clone()).await?)
     }
 }
 
@@ -28,11 +29,10 @@ impl Target {
 pub(crate) async fn find_node(
     cluster: &mut Cluster,
     target: &Target,
-    name: &str,
+    name: &NodeName,
 ) -> Result<Result<ebb_proto::NodeRecord, Outcome>, Error> {
-    ebb_proto::keys::validate_name(name).map_err(|e| Error::Usage(e.to_string()))?;
     let nodes = cluster.nodes().await?;
-    Ok(nodes.into_iter().find(|n| n.name == name).ok_or_else(|| {
+    Ok(nodes.into_iter().find(|n| n.name == *name).ok_or_else(|| {
         Outcome::Failed(format!(
             "node {name} is not registered in cluster {:?}",
             target.cluster

@@ -8,6 +8,7 @@ use crate::rollout::engine::{Engine, Saved};
 use crate::rollout::observe::Observation;
 use crate::rollout::report::{Report, Status};
 use crate::rollout::step::{Action, Rollout};
+use ebb_proto::NodeName;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +20,7 @@ pub struct Args {
     pub resume: bool,
     pub fresh: bool,
     /// Restrict (and order) the plan to these nodes.
-    pub nodes: Option<Vec<String>>,
+    pub nodes: Option<Vec<NodeName>>,
     pub policy: Policy,
     pub exec: Option<String>,
     pub redis_grace: Duration,
@@ -82,7 +83,7 @@ async fn start(
 ) -> Result<Started, Error> {
     let mut cluster = target.connect().await?;
     let records = cluster.nodes().await?;
-    let registered: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
+    let registered: Vec<NodeName> = records.iter().map(|r| r.name.clone()).collect();
     let plan = match &args.nodes {
         Some(names) => {
             if let Some(unknown) = names.iter().find(|n| !registered.contains(n)) {
@@ -138,7 +139,7 @@ async fn start(
                 rollout.id,
                 rollout.index + 1,
                 rollout.plan.len(),
-                rollout.current().unwrap_or("-")
+                rollout.current().map_or("-", NodeName::as_str)
             );
             rollout
         }
@@ -152,7 +153,7 @@ async fn start(
                 "an unfinished rollout ({}, {}) stopped at node {}; run `ebb rolling-restart --resume` to continue it or `--fresh` to discard it",
                 saved.rollout.id,
                 saved.status,
-                saved.rollout.current().unwrap_or("-")
+                saved.rollout.current().map_or("-", NodeName::as_str)
             )));
         }
         (false, _) => {
@@ -188,7 +189,7 @@ async fn start(
 }
 
 /// `--dry-run`: the order, and whether the first capacity check would pass now.
-fn print_plan(plan: &[String], obs: &Observation, policy: &Policy) {
+fn print_plan(plan: &[NodeName], obs: &Observation, policy: &Policy) {
     println!(
         "rolling restart plan ({} node(s), one at a time):",
         plan.len()

@@ -3,12 +3,12 @@
 
 use super::{Error, Outcome, Target};
 use crate::cluster::COMMAND_TTL;
+use ebb_proto::NodeName;
 use ebb_proto::command::{Action, Command};
 
-pub fn run(target: &Target, name: &str, action: Action) -> Result<Outcome, Error> {
-    ebb_proto::keys::validate_name(name).map_err(|e| Error::Usage(e.to_string()))?;
+pub fn run(target: &Target, name: &NodeName, action: Action) -> Result<Outcome, Error> {
     let keys = ebb_proto::Keys::new(&target.cluster).map_err(|e| Error::Usage(e.to_string()))?;
-    let cmd = Command::new(name, action);
+    let cmd = Command::new(&target.cluster, name.clone(), action);
     println!("{}", keys.commands(name));
     println!(
         "{}",

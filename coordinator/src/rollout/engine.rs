@@ -14,6 +14,7 @@ use crate::cluster::{Cluster, Followed};
 use crate::exec;
 use crate::lock::Lock;
 use crate::progress::Progress;
+use ebb_proto::NodeName;
 use ebb_proto::command::{self, Command, Drain, Then};
 use ebb_proto::sign::Secret;
 use serde::{Deserialize, Serialize};
@@ -62,7 +63,7 @@ impl Engine {
         let stop = CancellationToken::new();
         let mut events = self.cluster.follow_events(stop.clone());
         let mut obs = Observation::default();
-        let mut react: HashMap<String, u64> = HashMap::new();
+        let mut react: HashMap<NodeName, u64> = HashMap::new();
         let mut persisted = String::new();
         let mut redis_down: Option<Instant> = None;
         let mut input = None;
@@ -118,8 +119,8 @@ impl Engine {
                 && let Some(view) = obs.nodes.get(name)
             {
                 let lag = ebb_proto::time::now_ms().saturating_sub(view.at_ms);
-                react.insert(name.to_owned(), lag);
-                tracing::debug!(node = name, react_ms = lag, "acted on the drain's end");
+                react.insert(name.clone(), lag);
+                tracing::debug!(node = %name, react_ms = lag, "acted on the drain's end");
             }
             // Saved before acting, so a coordinator that dies mid-action is resumed past it.
             self.persist(&rollout, "running", &mut persisted, &mut redis_down)
@@ -143,6 +144,7 @@ impl Engine {
                     attempt,
                 } => {
                     let mut cmd = Command::new(
+                        self.cluster.keys().cluster(),
                         node.clone(),
                         command::Action::Drain(Drain {
                             // With --exec the command restarts the node: it stays drained
@@ -186,11 +188,9 @@ impl Engine {
                     let instance = rollout
                         .results
                         .get(rollout.index)
-                        .and_then(|r| r.old_instance)
-                        .map(|i| i.to_string())
-                        .unwrap_or_default();
+                        .and_then(|r| r.old_instance);
                     let template = self.exec.clone().unwrap_or_default();
-                    let command = exec::render(&template, &node, &instance);
+                    let command = exec::render(&template, &node, instance);
                     progress.note(&format!("{node}: running {command}"));
                     let limit = self.policy.replace_timeout;
                     exec_task = Some(tokio::spawn(
@@ -223,7 +223,10 @@ impl Engine {
             if let Some(since) = redis_down
                 && since.elapsed() >= self.redis_grace
             {
-                let node = rollout.current().unwrap_or("-").to_owned();
+                let node = rollout
+                    .current()
+                    .cloned()
+                    .unwrap_or_else(|| NodeName::parse("-").expect("valid"));
                 break (
                     Status::Failed,
                     Some(format!(
@@ -340,7 +343,7 @@ impl Engine {
         started: Instant,
         status: Status,
         reason: Option<String>,
-        react: HashMap<String, u64>,
+        react: HashMap<NodeName, u64>,
     ) -> Report {
         if status == Status::Completed
             && let Err(error) = self.cluster.clear_rollout_state().await
@@ -351,7 +354,7 @@ impl Engine {
             tracing::warn!(%error, "could not release the rollout lock (it expires by itself)");
         }
         let failed_node = (status != Status::Completed)
-            .then(|| rollout.current().map(str::to_owned))
+            .then(|| rollout.current().cloned())
             .flatten();
         Report {
             status,

@@ -3,7 +3,7 @@
 //! view fresh sooner, so an event never overrides a newer record and a stale read never
 //! overrides a newer event.
 
-use ebb_proto::{Event, EventKind, NodeRecord, NodeState};
+use ebb_proto::{Event, EventKind, NodeName, NodeRecord, NodeState};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
@@ -42,12 +42,12 @@ pub struct DrainedInfo {
 #[derive(Debug, Clone, Default)]
 pub struct Observation {
     pub now: Duration,
-    pub nodes: BTreeMap<String, NodeView>,
+    pub nodes: BTreeMap<NodeName, NodeView>,
     pub drained: HashMap<Uuid, DrainedInfo>,
     /// Instances that deregistered (a clean exit; a killed process never does).
     pub deregistered: HashSet<Uuid>,
     /// The latest command refusal of each node (e.g. `bad_signature`), to explain a missing ack.
-    pub refused: HashMap<String, String>,
+    pub refused: HashMap<NodeName, String>,
 }
 
 impl Observation {
@@ -135,8 +135,8 @@ impl Observation {
     }
 
     /// Active nodes other than `name`.
-    pub fn active_others(&self, name: &str) -> impl Iterator<Item = &NodeView> + '_ {
-        let name = name.to_owned();
+    pub fn active_others(&self, name: &NodeName) -> impl Iterator<Item = &NodeView> + '_ {
+        let name = name.clone();
         self.nodes
             .iter()
             .filter(move |(n, v)| **n != name && v.state == NodeState::Active)
@@ -148,24 +148,30 @@ impl Observation {
 mod tests {
     use super::*;
 
+    fn n(name: &str) -> NodeName {
+        NodeName::parse(name).unwrap()
+    }
+
     fn record(name: &str, instance: Uuid, state: NodeState, conns: u64, at: u64) -> NodeRecord {
         NodeRecord {
-            name: name.into(),
+            name: NodeName::parse(name).unwrap(),
             instance,
-            url: String::new(),
+            url: "ws://x/ws".into(),
             version: String::new(),
             state,
             connections: conns,
             capacity: None,
             started_at_ms: 0,
             updated_at_ms: at,
+            ttl_ms: 10_000,
         }
     }
 
     fn event(name: &str, instance: Uuid, at: u64, kind: EventKind) -> Event {
         Event {
             v: 1,
-            node: name.into(),
+            cluster: "c".into(),
+            node: NodeName::parse(name).unwrap(),
             instance,
             at_ms: at,
             kind,
@@ -245,7 +251,7 @@ mod tests {
             2,
         )]);
         assert_eq!(obs.nodes.keys().collect::<Vec<_>>(), ["b"]);
-        assert_eq!(obs.active_others("a").count(), 1);
-        assert_eq!(obs.active_others("b").count(), 0);
+        assert_eq!(obs.active_others(&n("a")).count(), 1);
+        assert_eq!(obs.active_others(&n("b")).count(), 0);
     }
 }

@@ -3,6 +3,7 @@
 //! `connections_before`, `drain_ms`, `restart_ms`, `forced_closes`), and summarised for people.
 
 use super::step::NodeResult;
+use ebb_proto::NodeName;
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -21,7 +22,7 @@ pub enum Status {
 /// One node in the report.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeReport {
-    pub name: String,
+    pub name: NodeName,
     pub old_instance: Option<Uuid>,
     pub new_instance: Option<Uuid>,
     pub connections_before: u64,
@@ -64,7 +65,7 @@ pub struct Report {
     /// Why it stopped (aborted or failed).
     pub reason: Option<String>,
     /// The node it stopped at.
-    pub failed_node: Option<String>,
+    pub failed_node: Option<NodeName>,
     pub nodes: Vec<NodeReport>,
 }
 

@@ -10,7 +10,7 @@
 
 use super::Policy;
 use super::observe::Observation;
-use ebb_proto::NodeState;
+use ebb_proto::{NodeName, NodeState};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -59,9 +59,9 @@ pub enum Phase {
 }
 
 /// What happened to one node.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeResult {
-    pub name: String,
+    pub name: NodeName,
     pub old_instance: Option<Uuid>,
     pub new_instance: Option<Uuid>,
     pub connections_before: u64,
@@ -86,6 +86,25 @@ pub struct NodeResult {
 }
 
 impl NodeResult {
+    /// Nothing done yet to `name`.
+    pub fn new(name: NodeName) -> Self {
+        NodeResult {
+            name,
+            old_instance: None,
+            new_instance: None,
+            connections_before: 0,
+            drain_ms: None,
+            restart_ms: None,
+            clean_closes: None,
+            forced_closes: None,
+            lost: false,
+            known_before: BTreeSet::new(),
+            active_before: 0,
+            drain_started: None,
+            drained_at: None,
+        }
+    }
+
     /// The drain ended at `now`: its duration is known.
     fn mark_drained(&mut self, now: Duration) {
         self.drained_at = Some(now);
@@ -100,16 +119,16 @@ impl NodeResult {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Abort {
     #[error("node {node} is not registered; nothing was drained (check `ebb status`)")]
-    Missing { node: String },
+    Missing { node: NodeName },
     #[error(
         "node {node} is {state}, not active, before the rollout touched it; resolve that first (ebb resume {node})"
     )]
-    NotActive { node: String, state: NodeState },
+    NotActive { node: NodeName, state: NodeState },
     #[error(
         "draining {node} would leave {have} other active node(s), fewer than --min-active {need}"
     )]
     TooFewActive {
-        node: String,
+        node: NodeName,
         have: usize,
         need: usize,
     },
@@ -117,32 +136,32 @@ pub enum Abort {
         "the other active nodes have room for {room} connections, but {node} holds {connections}"
     )]
     NoHeadroom {
-        node: String,
+        node: NodeName,
         room: u64,
         connections: u64,
     },
     #[error(
         "{node} did not acknowledge the drain after {attempts} attempt(s); is its agent connected to Redis?"
     )]
-    NoAck { node: String, attempts: u32 },
+    NoAck { node: NodeName, attempts: u32 },
     #[error("{node} was resumed while the rollout was draining it")]
-    Resumed { node: String },
+    Resumed { node: NodeName },
     #[error("{node} still had {connections} connection(s) after the drain timeout")]
-    DrainTimeout { node: String, connections: u64 },
+    DrainTimeout { node: NodeName, connections: u64 },
     #[error("{node} vanished mid-drain (killed or crashed) and --on-node-lost is abort")]
-    Lost { node: String },
+    Lost { node: NodeName },
     #[error("the --exec command for {node} failed: {message}")]
-    ExecFailed { node: String, message: String },
+    ExecFailed { node: NodeName, message: String },
     #[error(
         "{node} drained but did not exit within the exit timeout; a node restarted with `then: exit` must exit (or use --exec to restart it)"
     )]
-    NoExit { node: String },
+    NoExit { node: NodeName },
     #[error(
         "no replacement for {node} became active within the replace timeout; the other nodes were not touched"
     )]
-    NoReplacement { node: String },
+    NoReplacement { node: NodeName },
     #[error("Redis was unreachable for longer than the grace period while at {node}")]
-    RedisLost { node: String },
+    RedisLost { node: NodeName },
     #[error("the rollout lock was lost (another coordinator took over?)")]
     LockLost,
 }
@@ -154,13 +173,13 @@ pub enum Action {
     Wait,
     /// Send (or re-send) `drain then exit` to this instance.
     SendDrain {
-        node: String,
+        node: NodeName,
         instance: Uuid,
         attempt: u32,
     },
     /// Run the `--exec` command for this node.
     RunExec {
-        node: String,
+        node: NodeName,
     },
     /// A node is finished (its result is the last of [`Rollout::results`]).
     NodeDone,
@@ -181,7 +200,7 @@ pub enum Input {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rollout {
     pub id: String,
-    pub plan: Vec<String>,
+    pub plan: Vec<NodeName>,
     pub index: usize,
     pub phase: Phase,
     /// Finished nodes, then the one in progress.
@@ -194,7 +213,7 @@ pub struct Rollout {
 }
 
 impl Rollout {
-    pub fn new(id: String, plan: Vec<String>) -> Self {
+    pub fn new(id: String, plan: Vec<NodeName>) -> Self {
         Rollout {
             id,
             plan,
@@ -206,8 +225,8 @@ impl Rollout {
     }
 
     /// The node being worked on.
-    pub fn current(&self) -> Option<&str> {
-        self.plan.get(self.index).map(String::as_str)
+    pub fn current(&self) -> Option<&NodeName> {
+        self.plan.get(self.index)
     }
 
     /// Restarts every timer at `now` (a resumed rollout's times are from a previous process).
@@ -230,10 +249,7 @@ impl Rollout {
     fn result(&mut self) -> &mut NodeResult {
         let name = self.plan[self.index].clone();
         if self.results.len() <= self.index {
-            self.results.push(NodeResult {
-                name,
-                ..NodeResult::default()
-            });
+            self.results.push(NodeResult::new(name));
         }
         &mut self.results[self.index]
     }
@@ -243,7 +259,7 @@ impl Rollout {
     pub fn step(&mut self, obs: &Observation, policy: &Policy, input: Option<Input>) -> Action {
         let mut input = input;
         loop {
-            let Some(name) = self.current().map(str::to_owned) else {
+            let Some(name) = self.current().cloned() else {
                 self.phase = Phase::Done;
                 return Action::Complete;
             };
@@ -476,7 +492,7 @@ impl Rollout {
     fn gone(
         &mut self,
         obs: &Observation,
-        name: &str,
+        name: &NodeName,
         instance: Uuid,
         now: Duration,
         policy: &Policy,
@@ -486,9 +502,7 @@ impl Rollout {
         let lost = !clean && !self.missed_events;
         if lost && policy.abort_on_lost {
             self.result().lost = true;
-            return Some(Abort::Lost {
-                node: name.to_owned(),
-            });
+            return Some(Abort::Lost { node: name.clone() });
         }
         let result = self.result();
         result.lost = lost;

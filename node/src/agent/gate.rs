@@ -6,6 +6,7 @@
 //! back from the desired-state key must be meant for this instance: one issued before this
 //! process started was for its predecessor (a `drain then exit` must not drain the replacement).
 
+use ebb_proto::NodeName;
 use ebb_proto::command::{self, Command, Refusal};
 use ebb_proto::sign::Secret;
 use std::collections::{HashMap, VecDeque};
@@ -37,7 +38,8 @@ pub(crate) enum Verdict {
 /// The gate of one node instance.
 #[derive(Debug)]
 pub(crate) struct Gate {
-    name: String,
+    cluster: String,
+    name: NodeName,
     instance: Uuid,
     started_at_ms: u64,
     secret: Option<Secret>,
@@ -47,8 +49,15 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
-    pub fn new(name: String, instance: Uuid, started_at_ms: u64, secret: Option<Secret>) -> Self {
+    pub fn new(
+        cluster: String,
+        name: NodeName,
+        instance: Uuid,
+        started_at_ms: u64,
+        secret: Option<Secret>,
+    ) -> Self {
         Gate {
+            cluster,
             name,
             instance,
             started_at_ms,
@@ -60,7 +69,7 @@ impl Gate {
 
     /// Judges a payload received at `now_ms`.
     pub fn check(&mut self, payload: &[u8], delivery: Delivery, now_ms: u64) -> Verdict {
-        let cmd = match command::decode(payload, self.secret.as_ref(), now_ms) {
+        let cmd = match command::decode(payload, self.secret.as_ref(), now_ms, &self.cluster) {
             Ok(cmd) => cmd,
             // Desired state outlives a signed command's short validity: an expired one is stale
             // (applied long ago, or not for this instance), not an attack.
@@ -71,8 +80,8 @@ impl Gate {
         };
         if cmd.target != self.name {
             return Verdict::Refuse(Refusal::WrongTarget {
-                expected: self.name.clone(),
-                got: cmd.target,
+                expected: self.name.to_string(),
+                got: cmd.target.into(),
             });
         }
         match (cmd.instance, delivery) {
@@ -151,13 +160,23 @@ mod tests {
     fn gate(secret: Option<Secret>) -> (Gate, Uuid) {
         let instance = Uuid::new_v4();
         (
-            Gate::new("node-a".into(), instance, NOW - 10_000, secret),
+            Gate::new(
+                "c".into(),
+                NodeName::parse("node-a").unwrap(),
+                instance,
+                NOW - 10_000,
+                secret,
+            ),
             instance,
         )
     }
 
     fn drain(target: &str) -> Command {
-        let mut cmd = Command::new(target, Action::Drain(Drain::default()));
+        let mut cmd = Command::new(
+            "c",
+            NodeName::parse(target).unwrap(),
+            Action::Drain(Drain::default()),
+        );
         cmd.issued_at_ms = Some(NOW);
         cmd
     }
@@ -242,7 +261,11 @@ mod tests {
     fn with_a_secret_only_fresh_signed_commands_pass() {
         let (mut gate, _) = gate(Some(secret()));
         let now = ebb_proto::time::now_ms();
-        let mut cmd = Command::new("node-a", Action::Resume(Resume {}));
+        let mut cmd = Command::new(
+            "c",
+            NodeName::parse("node-a").unwrap(),
+            Action::Resume(Resume {}),
+        );
         cmd.issued_at_ms = Some(now);
         let unsigned = cmd.encode(None, 0);
         assert_eq!(
@@ -273,7 +296,11 @@ mod tests {
     fn a_signed_command_seen_first_in_the_desired_state_is_not_a_replay_live() {
         let (mut gate, _) = gate(Some(secret()));
         let now = ebb_proto::time::now_ms();
-        let mut cmd = Command::new("node-a", Action::Resume(Resume {}));
+        let mut cmd = Command::new(
+            "c",
+            NodeName::parse("node-a").unwrap(),
+            Action::Resume(Resume {}),
+        );
         cmd.issued_at_ms = Some(now);
         let signed = cmd.encode(Some(&secret()), 60_000);
         assert_eq!(
@@ -296,7 +323,11 @@ mod tests {
         let (mut gate, _) = gate(Some(secret()));
         let now = ebb_proto::time::now_ms();
         for _ in 0..(MAX_NONCES + 10) {
-            let mut cmd = Command::new("node-a", Action::Resume(Resume {}));
+            let mut cmd = Command::new(
+                "c",
+                NodeName::parse("node-a").unwrap(),
+                Action::Resume(Resume {}),
+            );
             cmd.issued_at_ms = Some(now);
             let signed = cmd.encode(Some(&secret()), 60_000);
             assert_eq!(

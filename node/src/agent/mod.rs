@@ -21,8 +21,8 @@ mod session;
 use crate::control::Control;
 use crate::metrics::Metrics;
 use backon::BackoffBuilder;
-use ebb_proto::Keys;
 use ebb_proto::sign::Secret;
+use ebb_proto::{Keys, NodeName};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -43,14 +43,14 @@ pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 pub struct AgentConfig {
     pub redis_url: String,
     pub cluster: String,
-    pub name: String,
+    pub name: NodeName,
     /// The URL clients should use for this node.
     pub advertise_url: String,
     /// The node software's version, shown by `ebb status`.
     pub version: String,
     /// Most connections this node should hold, for the coordinator's capacity check.
     pub capacity: Option<u64>,
-    /// With a secret, only signed commands are obeyed.
+    /// With a secret, only signed commands are obeyed, and the record and events are signed.
     pub secret: Option<Secret>,
     pub heartbeat: Duration,
     pub ttl: Duration,
@@ -60,7 +60,7 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// A config with the default timings.
-    pub fn new(redis_url: String, cluster: String, name: String, advertise_url: String) -> Self {
+    pub fn new(redis_url: String, cluster: String, name: NodeName, advertise_url: String) -> Self {
         AgentConfig {
             redis_url,
             cluster,
@@ -105,7 +105,6 @@ impl Agent {
         let client =
             redis::Client::open(config.redis_url.as_str()).map_err(AgentError::RedisUrl)?;
         let keys = Keys::new(&config.cluster)?;
-        ebb_proto::keys::validate_name(&config.name)?;
         let instance = Uuid::new_v4();
         let stop = CancellationToken::new();
         let state = session::State::new(config, keys, instance, control, metrics, stop.clone());

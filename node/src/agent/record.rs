@@ -2,20 +2,28 @@
 //!
 //! Two processes can briefly share a name (a replacement started before its predecessor exited,
 //! a partition that healed). The newest start wins: an older instance stops writing the record
-//! once a newer one owns it, and an instance deletes the record only if it still owns it.
+//! once a newer one owns it, and an instance deletes the record only if it still owns it. Every
+//! instance also keeps its own copy at [`Keys::instance`], written in the same script whether or
+//! not it owns the record, so the coordinator can see that an old instance still holds clients
+//! after its replacement took the name over.
 
 use ebb_proto::record::NodeRecord;
-use ebb_proto::{Keys, NodeState};
+use ebb_proto::sign::Secret;
+use ebb_proto::{Keys, NodeName, NodeState};
 use redis::Script;
 use std::sync::LazyLock;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// KEYS: record, index. ARGV: instance, started_at_ms, ttl_ms, now_ms, name, field, value, ...
-/// Returns 1 when written, 0 when a newer instance owns the record.
+/// KEYS: record, index, own copy. ARGV: instance, started_at_ms, ttl_ms, now_ms, name, field,
+/// value, ... Returns 1 when the record was written, 0 when a newer instance owns it (the own copy
+/// is written either way).
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+redis.call('DEL', KEYS[3])
+redis.call('HSET', KEYS[3], unpack(ARGV, 6))
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
 local current = redis.call('HGET', KEYS[1], 'instance')
 if current and current ~= ARGV[1] then
   local started = tonumber(redis.call('HGET', KEYS[1], 'started_at_ms') or '0')
@@ -30,10 +38,11 @@ return 1
     )
 });
 
-/// KEYS: record, index. ARGV: instance, name. Returns 1 when removed.
+/// KEYS: record, index, own copy. ARGV: instance, name. Returns 1 when the record was removed.
 static REMOVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+redis.call('DEL', KEYS[3])
 if redis.call('HGET', KEYS[1], 'instance') == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[2])
@@ -47,12 +56,14 @@ return 0
 /// Who this node is, for its record.
 #[derive(Debug, Clone)]
 pub(crate) struct Identity {
-    pub name: String,
+    pub name: NodeName,
     pub instance: Uuid,
     pub url: String,
     pub version: String,
     pub capacity: Option<u64>,
     pub started_at_ms: u64,
+    /// The record's TTL, declared in it so readers can tell a stale copy.
+    pub ttl: Duration,
 }
 
 impl Identity {
@@ -67,27 +78,30 @@ impl Identity {
             capacity: self.capacity,
             started_at_ms: self.started_at_ms,
             updated_at_ms: now_ms,
+            ttl_ms: self.ttl.as_millis() as u64,
         }
     }
 }
 
-/// Writes the record and refreshes its TTL; `false` when a newer instance owns the name.
+/// Writes the record (signed with `secret`) and refreshes its TTL; `false` when a newer instance
+/// owns the name.
 pub(crate) async fn write(
     conn: &mut redis::aio::MultiplexedConnection,
     keys: &Keys,
     record: &NodeRecord,
-    ttl: Duration,
+    secret: Option<&Secret>,
 ) -> redis::RedisResult<bool> {
     let mut invocation = WRITE.prepare_invoke();
     invocation
         .key(keys.node(&record.name))
         .key(keys.nodes())
+        .key(keys.instance(&record.name, record.instance))
         .arg(record.instance.to_string())
         .arg(record.started_at_ms)
-        .arg(ttl.as_millis() as u64)
+        .arg(record.ttl_ms)
         .arg(record.updated_at_ms)
-        .arg(&record.name);
-    for (name, value) in record.to_fields() {
+        .arg(record.name.as_str());
+    for (name, value) in record.to_fields(keys.cluster(), secret) {
         invocation.arg(name).arg(value);
     }
     let written: i64 = invocation.invoke_async(conn).await?;
@@ -103,8 +117,9 @@ pub(crate) async fn remove(
     let removed: i64 = REMOVE
         .key(keys.node(&identity.name))
         .key(keys.nodes())
+        .key(keys.instance(&identity.name, identity.instance))
         .arg(identity.instance.to_string())
-        .arg(&identity.name)
+        .arg(identity.name.as_str())
         .invoke_async(conn)
         .await?;
     Ok(removed == 1)

@@ -63,8 +63,10 @@ impl State {
             version: config.version.clone(),
             capacity: config.capacity,
             started_at_ms,
+            ttl: config.ttl,
         };
         let gate = Gate::new(
+            keys.cluster().to_owned(),
             config.name.clone(),
             instance,
             started_at_ms,
@@ -97,7 +99,7 @@ impl State {
             self.control.connections() as u64,
             ebb_proto::time::now_ms(),
         );
-        let written = record::write(conn, &self.keys, &record, self.config.ttl).await?;
+        let written = record::write(conn, &self.keys, &record, self.config.secret.as_ref()).await?;
         if !written && !self.superseded {
             tracing::warn!(name = %self.identity.name, "a newer instance owns this node name; no longer writing the record");
         }
@@ -110,8 +112,14 @@ impl State {
         conn: &mut MultiplexedConnection,
         kind: EventKind,
     ) -> Result<(), SessionError> {
-        let event = Event::now(&self.identity.name, self.identity.instance, kind);
-        let _: i64 = conn.publish(self.keys.events(), event.encode()).await?;
+        let event = Event::now(
+            self.keys.cluster(),
+            self.identity.name.clone(),
+            self.identity.instance,
+            kind,
+        );
+        let payload = event.encode(self.config.secret.as_ref());
+        let _: i64 = conn.publish(self.keys.events(), payload).await?;
         Ok(())
     }
 

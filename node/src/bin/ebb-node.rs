@@ -9,6 +9,7 @@ use clap::{ArgAction, CommandFactory, Parser, error::ErrorKind};
 use ebb_node::agent::{Agent, AgentConfig};
 use ebb_node::config::{self, ConnectionConfig, DrainConfig, NodeConfig};
 use ebb_node::{Control, DrainRequest, Echo, Node};
+use ebb_proto::NodeName;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
@@ -146,14 +147,12 @@ impl Args {
     }
 
     /// The node name, or a usage error.
-    fn name(&self) -> Result<String, String> {
+    fn name(&self) -> Result<NodeName, String> {
         let name = match &self.name {
             Some(name) => name.clone(),
             None => gethostname::gethostname().to_string_lossy().into_owned(),
         };
-        ebb_proto::keys::validate_name(&name)
-            .map(|()| name)
-            .map_err(|e| format!("invalid node name: {e} (set --name)"))
+        NodeName::parse(&name).map_err(|e| format!("invalid node name: {e} (set --name)"))
     }
 }
 
@@ -208,7 +207,7 @@ fn main() -> ExitCode {
 
 async fn run(
     args: Args,
-    name: String,
+    name: NodeName,
     secret: Option<ebb_proto::sign::Secret>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
@@ -227,7 +226,7 @@ async fn run(
             let advertise_url = args.advertise_url.clone().unwrap_or_else(|| {
                 let addr = running.local_addr();
                 let host = if addr.ip().is_unspecified() {
-                    name.clone()
+                    name.to_string()
                 } else {
                     addr.ip().to_string()
                 };

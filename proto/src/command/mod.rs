@@ -8,12 +8,13 @@
 //! ```
 //!
 //! With a shared secret configured, nodes accept only the signed envelope
-//! `{"v":1,"signed":"<the command's JSON, as a string>","sig":"<hex HMAC-SHA256 of that string>"}`,
-//! whose command must carry a `nonce` and an `expires_at_ms`. Signing the exact string avoids any
-//! JSON canonicalisation question.
+//! ([`crate::sign::Envelope`], domain [`Domain::Command`]) whose command carries the `cluster`, a
+//! `nonce` and an `expires_at_ms`: the signature covers the cluster and the target (and the
+//! instance when the sender knows it), so a command captured in one cluster or for one node is
+//! worth nothing anywhere else, and a replay is refused by its nonce.
 //!
 //! [`decode`] does everything that needs no node state (size, JSON shape, version, signature,
-//! expiry, field validation). The node adds what only it knows: target, instance, replay.
+//! expiry, cluster, field validation). The node adds what only it knows: target, instance, replay.
 
 pub mod drain;
 pub mod resume;
@@ -21,8 +22,9 @@ pub mod resume;
 pub use drain::{Drain, Then};
 pub use resume::Resume;
 
-use crate::keys::validate_name;
-use crate::sign::Secret;
+use crate::keys::{MAX_NONCE_LEN, validate_name};
+use crate::name::NodeName;
+use crate::sign::{Domain, Envelope, Secret};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -30,7 +32,7 @@ use uuid::Uuid;
 pub const PROTOCOL_VERSION: u64 = 1;
 /// Largest payload a node will parse, in bytes; anything larger is refused unread.
 pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
-/// Longest command id or nonce, in bytes.
+/// Longest command id, in bytes.
 pub const MAX_ID_LEN: usize = 64;
 
 /// A command for one node.
@@ -40,8 +42,11 @@ pub struct Command {
     pub v: u64,
     /// Unique id, for acknowledgements and so a re-delivered command is applied once.
     pub id: String,
+    /// The cluster it is for. Required when signed (the signature then covers it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
     /// Name of the node that must obey.
-    pub target: String,
+    pub target: NodeName,
     /// When set, only this instance (one process start) obeys; its replacement ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<Uuid>,
@@ -99,6 +104,8 @@ pub enum Refusal {
     BadSignature,
     #[error("command expired at {0} ms")]
     Expired(u64),
+    #[error("command for cluster {got:?} arrived in cluster {expected:?}")]
+    WrongCluster { expected: String, got: String },
     #[error("command for {got:?} arrived at node {expected:?}")]
     WrongTarget { expected: String, got: String },
     #[error("command for instance {got} arrived at instance {expected}")]
@@ -117,6 +124,7 @@ impl Refusal {
             Refusal::Unsigned => "unsigned",
             Refusal::BadSignature => "bad_signature",
             Refusal::Expired(_) => "expired",
+            Refusal::WrongCluster { .. } => "wrong_cluster",
             Refusal::WrongTarget { .. } => "wrong_target",
             Refusal::WrongInstance { .. } => "wrong_instance",
             Refusal::Replayed => "replayed",
@@ -124,32 +132,28 @@ impl Refusal {
     }
 
     /// Every label, so metrics can be rendered at zero before the first refusal.
-    pub const LABELS: [&'static str; 9] = [
+    pub const LABELS: [&'static str; 10] = [
         "too_large",
         "malformed",
         "unknown_version",
         "unsigned",
         "bad_signature",
         "expired",
+        "wrong_cluster",
         "wrong_target",
         "wrong_instance",
         "replayed",
     ];
 }
 
-#[derive(Deserialize)]
-struct Envelope {
-    signed: String,
-    sig: String,
-}
-
 impl Command {
-    /// A new command with a fresh id, issued now, for any instance of `target`.
-    pub fn new(target: impl Into<String>, action: Action) -> Self {
+    /// A new command with a fresh id, issued now, for any instance of `target` in `cluster`.
+    pub fn new(cluster: &str, target: NodeName, action: Action) -> Self {
         Command {
             v: PROTOCOL_VERSION,
             id: Uuid::new_v4().simple().to_string(),
-            target: target.into(),
+            cluster: Some(cluster.to_owned()),
+            target,
             instance: None,
             issued_at_ms: Some(crate::time::now_ms()),
             expires_at_ms: None,
@@ -170,8 +174,7 @@ impl Command {
         cmd.expires_at_ms
             .get_or_insert_with(|| crate::time::now_ms().saturating_add(ttl_ms));
         let signed = serde_json::to_string(&cmd).expect("a command always serializes");
-        let sig = secret.sign(signed.as_bytes());
-        serde_json::json!({ "v": PROTOCOL_VERSION, "signed": signed, "sig": sig }).to_string()
+        secret.seal(Domain::Command, signed)
     }
 
     fn validate(&self) -> Result<(), Refusal> {
@@ -180,12 +183,14 @@ impl Command {
                 "id must be 1 to {MAX_ID_LEN} bytes"
             )));
         }
-        validate_name(&self.target).map_err(|e| Refusal::Malformed(format!("target: {e}")))?;
+        if let Some(cluster) = &self.cluster {
+            validate_name(cluster).map_err(|e| Refusal::Malformed(format!("cluster: {e}")))?;
+        }
         if let Some(nonce) = &self.nonce
-            && (nonce.is_empty() || nonce.len() > MAX_ID_LEN)
+            && (nonce.len() > MAX_NONCE_LEN || validate_name(nonce).is_err())
         {
             return Err(Refusal::Malformed(format!(
-                "nonce must be 1 to {MAX_ID_LEN} bytes"
+                "nonce must be 1 to {MAX_NONCE_LEN} of [A-Za-z0-9._-]"
             )));
         }
         self.action.validate().map_err(Refusal::Malformed)
@@ -217,10 +222,16 @@ fn parse_command(text: &str) -> Result<Command, Refusal> {
     Ok(cmd)
 }
 
-/// Decodes and checks a payload received at `now_ms`. With `secret`, only a correctly signed,
-/// unexpired envelope carrying a nonce passes; without, plain commands and envelopes both pass
-/// (an envelope's signature cannot be checked without the secret).
-pub fn decode(payload: &[u8], secret: Option<&Secret>, now_ms: u64) -> Result<Command, Refusal> {
+/// Decodes and checks a payload received at `now_ms` by a node of `cluster`. With `secret`, only
+/// a correctly signed, unexpired envelope carrying the cluster, a nonce and an expiry passes;
+/// without, plain commands and envelopes both pass (an envelope's signature cannot be checked
+/// without the secret). A command naming another cluster is refused either way.
+pub fn decode(
+    payload: &[u8],
+    secret: Option<&Secret>,
+    now_ms: u64,
+    cluster: &str,
+) -> Result<Command, Refusal> {
     if payload.len() > MAX_COMMAND_BYTES {
         return Err(Refusal::TooLarge(payload.len()));
     }
@@ -233,14 +244,16 @@ pub fn decode(payload: &[u8], secret: Option<&Secret>, now_ms: u64) -> Result<Co
         let envelope: Envelope =
             serde_json::from_value(value).map_err(|e| Refusal::Malformed(e.to_string()))?;
         if let Some(secret) = secret
-            && !secret.verify(envelope.signed.as_bytes(), &envelope.sig)
+            && envelope.open(secret, Domain::Command).is_none()
         {
             return Err(Refusal::BadSignature);
         }
         let cmd = parse_command(&envelope.signed)?;
-        if secret.is_some() && (cmd.nonce.is_none() || cmd.expires_at_ms.is_none()) {
+        if secret.is_some()
+            && (cmd.cluster.is_none() || cmd.nonce.is_none() || cmd.expires_at_ms.is_none())
+        {
             return Err(Refusal::Malformed(
-                "a signed command must carry nonce and expires_at_ms".to_owned(),
+                "a signed command must carry cluster, nonce and expires_at_ms".to_owned(),
             ));
         }
         cmd
@@ -249,6 +262,14 @@ pub fn decode(payload: &[u8], secret: Option<&Secret>, now_ms: u64) -> Result<Co
     } else {
         parse_command(text)?
     };
+    if let Some(got) = &cmd.cluster
+        && got != cluster
+    {
+        return Err(Refusal::WrongCluster {
+            expected: cluster.to_owned(),
+            got: got.clone(),
+        });
+    }
     if let Some(expires) = cmd.expires_at_ms
         && expires < now_ms
     {
@@ -265,10 +286,17 @@ mod tests {
         Secret::new("a-test-secret-of-32-bytes-length").unwrap()
     }
 
+    const C: &str = "prod";
+
+    fn node(name: &str) -> NodeName {
+        NodeName::parse(name).unwrap()
+    }
+
     #[test]
     fn plain_drain_round_trips() {
         let mut cmd = Command::new(
-            "node-a",
+            C,
+            node("node-a"),
             Action::Drain(Drain {
                 then: Then::Stay,
                 deadline_ms: Some(5000),
@@ -276,47 +304,82 @@ mod tests {
         );
         cmd.instance = Some(Uuid::new_v4());
         let text = cmd.encode(None, 0);
-        assert_eq!(decode(text.as_bytes(), None, 0), Ok(cmd));
+        assert_eq!(decode(text.as_bytes(), None, 0, C), Ok(cmd));
     }
 
     #[test]
     fn hand_written_commands_parse_with_defaults() {
         let text = r#"{"v":1,"id":"deploy-42","target":"node-a","type":"drain"}"#;
-        let cmd = decode(text.as_bytes(), None, 0).unwrap();
+        let cmd = decode(text.as_bytes(), None, 0, C).unwrap();
         assert_eq!(cmd.action, Action::Drain(Drain::default()));
         assert_eq!(cmd.issued_at_ms, None);
+        assert_eq!(cmd.cluster, None);
         let text = r#"{"v":1,"id":"r1","target":"node-a","type":"resume"}"#;
-        let cmd = decode(text.as_bytes(), None, 0).unwrap();
+        let cmd = decode(text.as_bytes(), None, 0, C).unwrap();
         assert_eq!(cmd.action, Action::Resume(Resume {}));
     }
 
     #[test]
     fn signed_round_trip_and_tampering() {
-        let cmd = Command::new("node-a", Action::Resume(Resume {}));
+        let cmd = Command::new(C, node("node-a"), Action::Resume(Resume {}));
         let now = crate::time::now_ms();
         let text = cmd.encode(Some(&secret()), 60_000);
-        let back = decode(text.as_bytes(), Some(&secret()), now).unwrap();
+        let back = decode(text.as_bytes(), Some(&secret()), now, C).unwrap();
         assert_eq!(back.id, cmd.id);
         assert!(back.nonce.is_some());
 
         let tampered = text.replace("node-a", "node-b");
         assert_eq!(
-            decode(tampered.as_bytes(), Some(&secret()), now),
+            decode(tampered.as_bytes(), Some(&secret()), now, C),
             Err(Refusal::BadSignature)
         );
         let other = Secret::new("another-secret-of-some-length").unwrap();
         assert_eq!(
-            decode(text.as_bytes(), Some(&other), now),
+            decode(text.as_bytes(), Some(&other), now, C),
             Err(Refusal::BadSignature)
         );
         assert_eq!(
-            decode(cmd.encode(None, 0).as_bytes(), Some(&secret()), now),
+            decode(cmd.encode(None, 0).as_bytes(), Some(&secret()), now, C),
             Err(Refusal::Unsigned)
         );
         assert!(matches!(
-            decode(text.as_bytes(), Some(&secret()), now + 120_000),
+            decode(text.as_bytes(), Some(&secret()), now + 120_000, C),
             Err(Refusal::Expired(_))
         ));
+    }
+
+    #[test]
+    fn a_signed_command_is_worth_nothing_in_another_cluster() {
+        let now = crate::time::now_ms();
+        let text = Command::new("staging", node("node-a"), Action::Resume(Resume {}))
+            .encode(Some(&secret()), 60_000);
+        assert_eq!(
+            decode(text.as_bytes(), Some(&secret()), now, "prod")
+                .unwrap_err()
+                .label(),
+            "wrong_cluster"
+        );
+        // Without the cluster, a signed command is refused outright.
+        let mut cmd = Command::new(C, node("node-a"), Action::Resume(Resume {}));
+        cmd.cluster = None;
+        assert_eq!(
+            decode(
+                cmd.encode(Some(&secret()), 60_000).as_bytes(),
+                Some(&secret()),
+                now,
+                C
+            )
+            .unwrap_err()
+            .label(),
+            "malformed"
+        );
+        // A command's signature is not an event's or a record's.
+        let body = serde_json::to_string(&cmd).unwrap();
+        let as_event = secret().seal(Domain::Event, body);
+        assert_eq!(
+            decode(as_event.as_bytes(), Some(&secret()), now, C),
+            Err(Refusal::BadSignature)
+        );
     }
 
     #[test]
@@ -355,9 +418,21 @@ mod tests {
                 "malformed",
             ),
             (br#"{"v":1,"signed":"{}","sig":"00"}"#, "malformed"),
+            (
+                br#"{"v":1,"id":"x","target":"a","type":"drain","nonce":"a:b"}"#,
+                "malformed",
+            ),
+            (
+                br#"{"v":1,"id":"x","target":"evil;touch /tmp/x","type":"drain"}"#,
+                "malformed",
+            ),
+            (
+                br#"{"v":1,"id":"x","cluster":"other","target":"a","type":"drain"}"#,
+                "wrong_cluster",
+            ),
         ];
         for (payload, label) in cases {
-            let err = decode(payload, None, 0).unwrap_err();
+            let err = decode(payload, None, 0, C).unwrap_err();
             assert_eq!(
                 err.label(),
                 *label,
@@ -366,7 +441,10 @@ mod tests {
             );
         }
         let huge = vec![b' '; MAX_COMMAND_BYTES + 1];
-        assert_eq!(decode(&huge, None, 0), Err(Refusal::TooLarge(huge.len())));
+        assert_eq!(
+            decode(&huge, None, 0, C),
+            Err(Refusal::TooLarge(huge.len()))
+        );
     }
 
     #[test]
@@ -379,6 +457,10 @@ mod tests {
             Refusal::Unsigned,
             Refusal::BadSignature,
             Refusal::Expired(0),
+            Refusal::WrongCluster {
+                expected: "a".into(),
+                got: "b".into(),
+            },
             Refusal::WrongTarget {
                 expected: "a".into(),
                 got: "b".into(),

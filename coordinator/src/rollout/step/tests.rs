@@ -11,6 +11,10 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
+fn n(name: &str) -> NodeName {
+    NodeName::parse(name).unwrap()
+}
+
 /// A scripted cluster.
 struct Script {
     obs: Observation,
@@ -28,7 +32,7 @@ impl Script {
     }
     fn set(&mut self, name: &str, instance: Uuid, state: NodeState, connections: u64) {
         self.obs.nodes.insert(
-            name.to_owned(),
+            n(name),
             NodeView {
                 instance,
                 state,
@@ -39,7 +43,7 @@ impl Script {
         );
     }
     fn remove(&mut self, name: &str) {
-        self.obs.nodes.remove(name);
+        self.obs.nodes.remove(&n(name));
     }
     fn at(&mut self, t: u64) -> &Observation {
         self.obs.now = ms(t);
@@ -52,7 +56,7 @@ fn ids() -> [Uuid; 6] {
 }
 
 fn plan(names: &[&str]) -> Rollout {
-    Rollout::new("r1".into(), names.iter().map(|n| n.to_string()).collect())
+    Rollout::new("r1".into(), names.iter().map(|name| n(name)).collect())
 }
 
 /// Drives node `name` (instance `old`) through a whole restart to `new`, from time `t`.
@@ -68,7 +72,7 @@ fn restart_one(
     assert_eq!(
         r.step(s.at(t), policy, None),
         Action::SendDrain {
-            node: name.into(),
+            node: n(name),
             instance: old,
             attempt: 1
         }
@@ -141,7 +145,7 @@ fn capacity_is_checked_before_touching_a_node() {
     assert_eq!(
         action,
         Action::Abort(Abort::TooFewActive {
-            node: "a".into(),
+            node: n("a"),
             have: 0,
             need: 1
         })
@@ -154,7 +158,7 @@ fn capacity_is_checked_before_touching_a_node() {
     assert_eq!(
         r.step(s.at(0), &Policy::default(), None),
         Action::Abort(Abort::NoHeadroom {
-            node: "a".into(),
+            node: n("a"),
             room: 50,
             connections: 100
         })
@@ -208,7 +212,7 @@ fn an_unacknowledged_drain_is_resent_then_aborts() {
     assert_eq!(
         r.step(s.at(3000), &policy, None),
         Action::Abort(Abort::NoAck {
-            node: "a".into(),
+            node: n("a"),
             attempts: 3
         })
     );
@@ -232,7 +236,7 @@ fn a_replacement_that_never_comes_aborts_and_leaves_the_rest() {
     assert_eq!(r.step(s.at(5199), &policy, None), Action::Wait);
     assert_eq!(
         r.step(s.at(5200), &policy, None),
-        Action::Abort(Abort::NoReplacement { node: "a".into() })
+        Action::Abort(Abort::NoReplacement { node: n("a") })
     );
     assert_eq!(r.index, 0);
 }
@@ -253,7 +257,7 @@ fn a_node_killed_mid_drain_waits_for_its_replacement_or_aborts() {
         s.remove("a"); // its record expired: killed
         let action = r.step(s.at(10_000), &policy, None);
         if abort_on_lost {
-            assert_eq!(action, Action::Abort(Abort::Lost { node: "a".into() }));
+            assert_eq!(action, Action::Abort(Abort::Lost { node: n("a") }));
             continue;
         }
         assert_eq!(action, Action::Wait);
@@ -276,7 +280,7 @@ fn a_node_resumed_during_its_drain_stops_the_rollout() {
     s.set("a", a, ACTIVE, 5);
     assert_eq!(
         r.step(s.at(20), &policy, None),
-        Action::Abort(Abort::Resumed { node: "a".into() })
+        Action::Abort(Abort::Resumed { node: n("a") })
     );
 }
 
@@ -295,7 +299,7 @@ fn a_drain_that_never_empties_times_out() {
     assert_eq!(
         r.step(s.at(1010), &policy, None),
         Action::Abort(Abort::DrainTimeout {
-            node: "a".into(),
+            node: n("a"),
             connections: 3
         })
     );
@@ -315,7 +319,7 @@ fn drained_but_never_exiting_aborts() {
     assert_eq!(r.step(s.at(10), &policy, None), Action::Wait);
     assert_eq!(
         r.step(s.at(2010), &policy, None),
-        Action::Abort(Abort::NoExit { node: "a".into() })
+        Action::Abort(Abort::NoExit { node: n("a") })
     );
 }
 
@@ -332,7 +336,7 @@ fn exec_runs_after_the_drain() {
     s.set("a", a, DRAINED, 0);
     assert_eq!(
         r.step(s.at(10), &policy, None),
-        Action::RunExec { node: "a".into() }
+        Action::RunExec { node: n("a") }
     );
     assert_eq!(
         r.step(s.at(20), &policy, None),
