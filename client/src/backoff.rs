@@ -7,9 +7,14 @@
 //! `[0, min(max, min_delay * 2^attempt)]` — so clients that failed together do not retry
 //! together. The exponential schedule comes from backon; backon's own jitter only adds up to one
 //! delay on top, which is not full jitter, so the jitter is drawn here.
+//!
+//! Every delay a server advises (close reason, notice, an upgrade refusal's `Retry-After`) is
+//! server input: it is capped at [`Backoff::max_advised`] before it becomes a deadline, so a
+//! hostile or broken server can neither park a client for years nor overflow an `Instant`.
 
 use backon::BackoffBuilder;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// The backoff limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +23,8 @@ pub struct Backoff {
     pub min: Duration,
     /// The largest cap.
     pub max: Duration,
-    /// The longest server-advised delay honoured.
+    /// The longest server-advised delay honoured: a close reason's `retry_after_ms`, a notice's
+    /// `reconnectIn`, and the `Retry-After` of a refused upgrade are all cut to this.
     pub max_advised: Duration,
 }
 
@@ -32,9 +38,14 @@ impl Default for Backoff {
     }
 }
 
+/// Attempts past this one all get the same cap: `min * 2^64` is beyond any `max`, and backon
+/// walks the schedule from the start, so an unbounded attempt count would cost ever more.
+const LAST_DOUBLING: u32 = 64;
+
 impl Backoff {
     /// The cap of the `attempt`th consecutive failure (0-based).
     pub fn cap(&self, attempt: u32) -> Duration {
+        let attempt = attempt.min(LAST_DOUBLING);
         // backon computes in f32; whole milliseconds keep the schedule exact.
         let cap = backon::ExponentialBuilder::default()
             .with_min_delay(self.min)
@@ -51,10 +62,25 @@ impl Backoff {
     /// else full jitter over the cap of `attempt`. `unit` is a uniform draw in `[0, 1)`.
     pub fn delay(&self, attempt: u32, advised: Option<Duration>, unit: f64) -> Duration {
         match advised {
-            Some(advised) => advised.min(self.max_advised),
+            Some(advised) => self.advised(advised),
             None => self.cap(attempt).mul_f64(unit.clamp(0.0, 1.0)),
         }
     }
+
+    /// A server-advised delay, capped at [`Backoff::max_advised`].
+    pub fn advised(&self, advised: Duration) -> Duration {
+        advised.min(self.max_advised)
+    }
+}
+
+/// `from + after`, or as far ahead as an `Instant` goes (a year is always representable) when
+/// that overflows: `Instant + Duration` panics on overflow, and `after` may come from
+/// configuration (`max_advised: Duration::MAX`) or, uncapped, from a server.
+pub(crate) fn deadline(from: Instant, after: Duration) -> Instant {
+    const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+    from.checked_add(after)
+        .or_else(|| from.checked_add(YEAR))
+        .unwrap_or(from)
 }
 
 #[cfg(test)]
@@ -78,6 +104,7 @@ mod tests {
             [ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
         );
         assert_eq!(b.cap(500), ms(1000));
+        assert_eq!(b.cap(u32::MAX), ms(1000));
     }
 
     #[test]
@@ -96,6 +123,15 @@ mod tests {
             b.delay(0, Some(Duration::from_secs(3600)), 0.1),
             b.max_advised
         );
+        assert_eq!(b.advised(Duration::MAX), b.max_advised);
+    }
+
+    #[test]
+    fn deadlines_never_overflow() {
+        let now = Instant::now();
+        assert_eq!(deadline(now, ms(5)), now + ms(5));
+        assert!(deadline(now, Duration::MAX) > now);
+        assert!(deadline(now, Duration::from_secs(u64::MAX)) > now);
     }
 
     #[tokio::test(start_paused = true)]

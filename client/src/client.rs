@@ -1,32 +1,48 @@
-//! The reconnecting client.
+//! The reconnecting client: its configuration, its handle, and what it tells the application.
 //!
-//! One task owns the connection. Messages get ids (through a [`Correlate`]) and stay pending
-//! until answered; whatever is pending when a connection ends is sent again on the next one, and
-//! a reply for a message already answered is dropped, so the application sees every answer
-//! exactly once. After a drain close the client waits the delay the server advised (close reason
-//! or notice) and moves to the next URL; after anything else it backs off with full jitter. A
-//! node that refuses the upgrade (503 + `Retry-After`) is skipped until its `Retry-After` has
-//! passed. Close codes 4000–4099 mean "do not reconnect".
+//! One task owns the connection ([`crate::task`] reconnects, [`crate::session`] serves one
+//! connection); a [`Client`] is the handle that queues messages for it. Messages get ids
+//! (through a [`Correlate`]) and stay pending until answered; whatever is pending when a
+//! connection ends is sent again on the next one, and a reply for a message already answered is
+//! dropped, so the application sees every answer exactly once. After a drain close the client
+//! waits the delay the server advised (close reason or notice) and moves to the next URL; after
+//! anything else it backs off with full jitter. A node that refuses the upgrade (503 +
+//! `Retry-After`) is skipped until its `Retry-After` has passed. Close codes 4000–4099 mean "do
+//! not reconnect".
+//!
+//! Everything a server can make the client hold is bounded: at most
+//! [`ClientConfig::max_pending`] messages are unanswered (more are refused with
+//! [`SendError::QueueFull`]), at most [`ClientConfig::events_capacity`] events wait to be read
+//! (then the client stops reading from the server until the application reads, so a server that
+//! pushes faster than the application reads is slowed down, not buffered), and every delay a
+//! server advises is capped at [`Backoff::max_advised`].
 
 use crate::backoff::Backoff;
-use crate::connect::{self, ConnectError, Ws};
+use crate::connect;
 use crate::protocol::Correlate;
 use crate::stats::Stats;
-use ebb_proto::{CloseReason, ShutdownNotice, close};
-use futures_util::{SinkExt, StreamExt};
-use std::collections::BTreeMap;
+use crate::task::{Command, Shared, Task};
+use ebb_proto::ShutdownNotice;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep_until, timeout};
-use tungstenite::Message;
+use tokio::time::timeout;
 use tungstenite::protocol::WebSocketConfig;
 
-/// How long to wait for the server to end TCP after the close handshake.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// ebb-node's default message limit, and so the client's.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
+/// Unanswered messages a client holds by default (~10 MB at 1 KiB each).
+pub const DEFAULT_MAX_PENDING: usize = 10_000;
+/// Unread events a client holds by default before it stops reading from the server.
+pub const DEFAULT_EVENTS_CAPACITY: usize = 10_000;
+/// The largest `max_pending` (a channel's capacity has a ceiling).
+const MAX_PENDING_LIMIT: usize = usize::MAX >> 4;
+/// How long [`Client::close`] waits for the task (its close handshake is bounded by half that).
+const CLOSE_WAIT: Duration = Duration::from_secs(4);
 
 /// How a client connects.
 #[derive(Debug, Clone)]
@@ -37,15 +53,26 @@ pub struct ClientConfig {
     pub first_url: usize,
     pub backoff: Backoff,
     pub connect_timeout: Duration,
+    /// The connection's limits. Incoming messages and frames are bounded by tungstenite's
+    /// defaults (64 MiB and 16 MiB) unless set here; a larger one ends the connection.
     pub websocket: WebSocketConfig,
     /// Source address (load generators spread connections over several).
     pub source: Option<IpAddr>,
     /// Emit [`Event`]s (off for load generators that only need [`Stats`]). When on, read the
-    /// receiver: events queue until read.
+    /// receiver: it holds at most `events_capacity` events, and then the client waits.
     pub events: bool,
-    /// Largest message [`Client::send`] accepts, in bytes (ebb-node's default limit): a larger
-    /// one would be closed with 1009 and resent forever.
+    /// Events the receiver holds before the client waits for the application to read (it then
+    /// reads nothing from the server, so the server's writes, not the client's memory, absorb
+    /// the difference). Nothing is dropped.
+    pub events_capacity: usize,
+    /// Largest frame [`Client::send`] accepts, in bytes: the payload tagged with its id, as it
+    /// goes on the wire. Set it to the node's `--max-message-size` (ebb-node's default here): a
+    /// larger frame would be closed with 1009 and resent forever.
     pub max_message_size: usize,
+    /// Most messages unanswered at once (queued, on the wire, or waiting for a resend);
+    /// [`Client::send`] refuses more with [`SendError::QueueFull`]. This bounds what a client
+    /// holds while no server answers. At least 1.
+    pub max_pending: usize,
 }
 
 impl ClientConfig {
@@ -59,7 +86,9 @@ impl ClientConfig {
             websocket: connect::lean_config(),
             source: None,
             events: true,
-            max_message_size: 64 * 1024,
+            events_capacity: DEFAULT_EVENTS_CAPACITY,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_pending: DEFAULT_MAX_PENDING,
         }
     }
 }
@@ -80,6 +109,7 @@ pub enum Event {
     /// The server announced its shutdown.
     Notice(ShutdownNotice),
     /// The connection ended: with the Close code, or `None` when abnormal (no Close frame).
+    /// `advised` is what the server said; the client waits at most `backoff.max_advised`.
     Disconnected {
         code: Option<u16>,
         advised: Option<Duration>,
@@ -93,25 +123,42 @@ pub enum Event {
 /// A message the client will not take.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    #[error("message of {size} bytes exceeds the {max}-byte limit")]
+    /// The frame (the payload tagged with its id) is larger than `max_message_size`.
+    #[error("message of {size} bytes (with its id) exceeds the {max}-byte limit")]
     TooLarge { size: usize, max: usize },
+    /// `max` messages are unanswered already.
+    #[error("{max} messages are waiting for an answer already; wait for replies and send again")]
+    QueueFull { max: usize },
+    /// The client stopped (the server said not to reconnect).
+    #[error("the client has stopped")]
+    Stopped,
 }
 
-enum Command {
-    Send(u64, String),
-    Close,
-}
-
-/// A handle on a running client.
-#[derive(Debug)]
+/// A handle on a running client. Dropping it ends the client like [`Client::close`], without
+/// waiting.
 pub struct Client {
-    commands: mpsc::UnboundedSender<Command>,
+    /// To the task. Holds at most `max_pending` sends (each counts in `shared.outstanding`
+    /// until answered) plus the one Close; dropping it ends the task.
+    commands: mpsc::Sender<Command>,
+    correlate: Arc<dyn Correlate>,
     max_message_size: usize,
-    next_id: AtomicU64,
-    stats: Arc<Mutex<Stats>>,
-    pending: Arc<AtomicU64>,
-    connected: Arc<AtomicBool>,
+    max_pending: usize,
+    /// The next id. Held while a message is tagged and queued, so ids reach the task in order
+    /// and a refused message takes none.
+    next_id: Mutex<u64>,
+    shared: Arc<Shared>,
     task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("max_message_size", &self.max_message_size)
+            .field("max_pending", &self.max_pending)
+            .field("pending", &self.pending())
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -119,371 +166,94 @@ impl Client {
     pub fn start<C: Correlate>(
         config: ClientConfig,
         correlate: C,
-    ) -> (Client, mpsc::UnboundedReceiver<Event>) {
+    ) -> (Client, mpsc::Receiver<Event>) {
         assert!(!config.urls.is_empty(), "a client needs at least one URL");
-        let max_message_size = config.max_message_size;
-        let (commands, commands_rx) = mpsc::unbounded_channel();
-        let (events_tx, events) = mpsc::unbounded_channel();
-        let stats = Arc::new(Mutex::new(Stats::default()));
-        let pending = Arc::new(AtomicU64::new(0));
-        let connected = Arc::new(AtomicBool::new(false));
-        let conn = Connection {
-            answered_here: false,
-            connected: connected.clone(),
-            events: config.events.then_some(events_tx),
-            config,
-            correlate,
-            commands: commands_rx,
-            stats: stats.clone(),
-            pending_count: pending.clone(),
-            pending: BTreeMap::new(),
-        };
-        let task = tokio::spawn(conn.run());
+        let max_pending = config.max_pending.clamp(1, MAX_PENDING_LIMIT);
+        let (commands, commands_rx) = mpsc::channel(max_pending + 1);
+        let (events_tx, events) = mpsc::channel(config.events_capacity.clamp(1, MAX_PENDING_LIMIT));
+        let correlate: Arc<dyn Correlate> = Arc::new(correlate);
+        let shared = Arc::new(Shared::default());
         let client = Client {
             commands,
-            max_message_size,
-            next_id: AtomicU64::new(1),
-            stats,
-            pending,
-            connected,
-            task,
+            correlate: correlate.clone(),
+            max_message_size: config.max_message_size,
+            max_pending,
+            next_id: Mutex::new(1),
+            shared: shared.clone(),
+            task: tokio::spawn(Task::new(config, correlate, commands_rx, events_tx, shared).run()),
         };
         (client, events)
     }
 
-    /// Queues a message; returns its id. It is sent now if connected, else on connect, and again
-    /// on every new connection until answered.
+    /// Queues a message; returns its id (ids start at 1 and increase by one per accepted
+    /// message). It is sent now if connected, else on connect, and again on every new
+    /// connection until answered. Refused when its frame is over `max_message_size`, when
+    /// `max_pending` messages are unanswered, or when the client has stopped.
     pub fn send(&self, payload: impl Into<String>) -> Result<u64, SendError> {
         let payload = payload.into();
-        if payload.len() > self.max_message_size {
+        let mut next_id = self.next_id.lock().expect("id lock");
+        if self.shared.outstanding.load(Ordering::Relaxed) >= self.max_pending {
+            return Err(SendError::QueueFull {
+                max: self.max_pending,
+            });
+        }
+        let id = *next_id;
+        // The size that counts is the frame's, with this very id (ids grow longer).
+        let text = self.correlate.tag(id, &payload);
+        if text.len() > self.max_message_size {
             return Err(SendError::TooLarge {
-                size: payload.len(),
+                size: text.len(),
                 max: self.max_message_size,
             });
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let _ = self.commands.send(Command::Send(id, payload));
-        Ok(id)
+        // Counted before it is queued, so the task never answers a message not yet counted.
+        self.shared.outstanding.fetch_add(1, Ordering::Relaxed);
+        match self.commands.try_send(Command::Send(id, text.into())) {
+            Ok(()) => {
+                *next_id += 1;
+                Ok(id)
+            }
+            Err(refused) => {
+                self.shared.outstanding.fetch_sub(1, Ordering::Relaxed);
+                Err(match refused {
+                    TrySendError::Full(_) => SendError::QueueFull {
+                        max: self.max_pending,
+                    },
+                    TrySendError::Closed(_) => SendError::Stopped,
+                })
+            }
+        }
     }
 
     /// The counters so far.
     pub fn stats(&self) -> Stats {
-        self.stats.lock().expect("stats lock").clone()
+        self.shared.stats()
     }
 
-    /// Messages sent and not yet answered.
+    /// Messages accepted by [`Client::send`] and not yet answered.
     pub fn pending(&self) -> u64 {
-        self.pending.load(Ordering::Relaxed)
+        self.shared.outstanding.load(Ordering::Relaxed) as u64
     }
 
     /// Whether a connection is open now.
     pub fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Relaxed)
+        self.shared.connected.load(Ordering::Relaxed)
     }
 
     /// Closes the connection (Close 1000) and stops reconnecting; returns the final counters.
+    /// Bounded: a task that does not finish in time (a server that never reads, an events
+    /// receiver nobody reads) is aborted.
     pub async fn close(self) -> Stats {
-        let _ = self.commands.send(Command::Close);
-        let _ = timeout(CLOSE_LINGER * 2, self.task).await;
-        self.stats.lock().expect("stats lock").clone()
-    }
-}
-
-/// A message not yet answered.
-struct Pending {
-    payload: String,
-    /// Written on some connection already (so sending it again is a resend).
-    on_wire: bool,
-}
-
-/// How a connection ended.
-enum Ending {
-    /// Close frame with this code and advised delay.
-    Closed {
-        code: u16,
-        advised: Option<Duration>,
-    },
-    /// No Close frame.
-    Abnormal,
-    /// The application closed the client.
-    Shutdown,
-}
-
-struct Connection<C> {
-    connected: Arc<AtomicBool>,
-    /// The current connection answered something (it is not flapping).
-    answered_here: bool,
-    config: ClientConfig,
-    correlate: C,
-    commands: mpsc::UnboundedReceiver<Command>,
-    events: Option<mpsc::UnboundedSender<Event>>,
-    stats: Arc<Mutex<Stats>>,
-    pending_count: Arc<AtomicU64>,
-    pending: BTreeMap<u64, Pending>,
-}
-
-impl<C: Correlate> Connection<C> {
-    fn emit(&self, event: Event) {
-        if let Some(events) = &self.events {
-            let _ = events.send(event);
+        let Client {
+            commands,
+            mut task,
+            shared,
+            ..
+        } = self;
+        let _ = commands.try_send(Command::Close);
+        if timeout(CLOSE_WAIT, &mut task).await.is_err() {
+            task.abort();
         }
-    }
-
-    fn stat(&self, f: impl FnOnce(&mut Stats)) {
-        f(&mut self.stats.lock().expect("stats lock"));
-    }
-
-    fn queue(&mut self, id: u64, payload: String) {
-        self.pending.insert(
-            id,
-            Pending {
-                payload,
-                on_wire: false,
-            },
-        );
-        self.pending_count
-            .store(self.pending.len() as u64, Ordering::Relaxed);
-        self.stat(|s| s.sent += 1);
-    }
-
-    /// Waits until `until`, queueing sends meanwhile; `false` if the application closed.
-    async fn wait(&mut self, until: Instant) -> bool {
-        loop {
-            tokio::select! {
-                () = sleep_until(until) => return true,
-                command = self.commands.recv() => match command {
-                    Some(Command::Send(id, payload)) => self.queue(id, payload),
-                    Some(Command::Close) | None => return false,
-                },
-            }
-        }
-    }
-
-    async fn run(mut self) {
-        let urls = self.config.urls.len();
-        let mut next = self.config.first_url % urls;
-        let mut refused_until: Vec<Option<Instant>> = vec![None; urls];
-        let mut failures: u32 = 0;
-        let mut lost_at: Option<Instant> = None;
-        let mut come_back_at: Option<Instant> = None;
-        // Connections in a row that ended without an answer or advice (a server that takes the
-        // connection and drops it): backed off like failed connects, not retried at once.
-        let mut flaps: u32 = 0;
-        loop {
-            // The next URL that has not refused us recently.
-            let now = Instant::now();
-            let candidate = (0..urls)
-                .map(|k| (next + k) % urls)
-                .find(|&i| refused_until[i].is_none_or(|t| t <= now));
-            let Some(i) = candidate else {
-                let until = refused_until.iter().flatten().min().copied().unwrap_or(now);
-                if !self.wait(until).await {
-                    return;
-                }
-                continue;
-            };
-            let url = self.config.urls[i].clone();
-            // Resolved at every attempt: a restarted node may come back at another address.
-            let attempt = match connect::resolve(&url).await {
-                Ok(addr) => timeout(
-                    self.config.connect_timeout,
-                    connect::connect(&url, addr, self.config.source, self.config.websocket),
-                )
-                .await
-                .unwrap_or_else(|_| {
-                    Err(ConnectError::Tcp {
-                        addr,
-                        source: std::io::ErrorKind::TimedOut.into(),
-                    })
-                }),
-                Err(error) => Err(error),
-            };
-            let ws = match attempt {
-                Ok(ws) => ws,
-                Err(error) => {
-                    match error {
-                        ConnectError::Refused { retry_after, .. } => {
-                            self.stat(|s| s.refused += 1);
-                            let wait = retry_after.unwrap_or(Duration::from_secs(1));
-                            refused_until[i] = Some(Instant::now() + wait);
-                        }
-                        _ => self.stat(|s| s.connect_failures += 1),
-                    }
-                    next = (i + 1) % urls;
-                    // Try the other URLs at once; back off once every one failed in a row.
-                    failures += 1;
-                    if (failures as usize).is_multiple_of(urls) {
-                        let delay = self.config.backoff.delay(
-                            failures / urls as u32 - 1,
-                            None,
-                            rand::random::<f64>(),
-                        );
-                        if !self.wait(Instant::now() + delay).await {
-                            return;
-                        }
-                    }
-                    continue;
-                }
-            };
-            failures = 0;
-            if let Some(lost) = lost_at.take() {
-                let now = Instant::now();
-                let late =
-                    come_back_at.map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
-                self.stat(|s| s.reconnected(now - lost, late));
-            }
-            come_back_at = None;
-            self.emit(Event::Connected { url: url.clone() });
-
-            self.connected.store(true, Ordering::Relaxed);
-            let ending = self.serve(ws, &mut come_back_at).await;
-            self.connected.store(false, Ordering::Relaxed);
-            lost_at = Some(Instant::now());
-            // Away from the node that closed, to any other at random, so its clients spread
-            // over all the survivors instead of piling onto the next one.
-            next = if urls > 1 {
-                (i + 1 + rand::random_range(0..urls - 1)) % urls
-            } else {
-                i
-            };
-            let delay = match ending {
-                Ending::Shutdown => return,
-                Ending::Closed { code, advised } => {
-                    flaps = if advised.is_some() || self.answered_here {
-                        0
-                    } else {
-                        flaps + 1
-                    };
-                    self.stat(|s| *s.close_codes.entry(code).or_default() += 1);
-                    self.emit(Event::Disconnected {
-                        code: Some(code),
-                        advised,
-                    });
-                    if close::DO_NOT_RECONNECT.contains(&code) {
-                        self.emit(Event::Stopped { code });
-                        return;
-                    }
-                    let now = Instant::now();
-                    if let Some(advised) = advised {
-                        come_back_at = Some(now + advised.min(self.config.backoff.max_advised));
-                    }
-                    match come_back_at {
-                        Some(t) if t > now => t - now,
-                        _ => self.config.backoff.delay(
-                            flaps.saturating_sub(1),
-                            None,
-                            rand::random::<f64>(),
-                        ),
-                    }
-                }
-                Ending::Abnormal => {
-                    flaps = if self.answered_here { 0 } else { flaps + 1 };
-                    self.stat(|s| s.abnormal += 1);
-                    self.emit(Event::Disconnected {
-                        code: None,
-                        advised: None,
-                    });
-                    come_back_at = None;
-                    self.config
-                        .backoff
-                        .delay(flaps.saturating_sub(1), None, rand::random::<f64>())
-                }
-            };
-            if !self.wait(Instant::now() + delay).await {
-                return;
-            }
-        }
-    }
-
-    /// One connection: resend what is pending, then send, receive and match until it ends.
-    async fn serve(&mut self, mut ws: Ws, come_back_at: &mut Option<Instant>) -> Ending {
-        self.answered_here = false;
-        let mut resent = 0;
-        for (id, pending) in self.pending.iter_mut() {
-            if pending.on_wire {
-                resent += 1;
-            }
-            pending.on_wire = true;
-            let text = self.correlate.tag(*id, &pending.payload);
-            if ws.feed(Message::text(text)).await.is_err() {
-                return Ending::Abnormal;
-            }
-        }
-        if ws.flush().await.is_err() {
-            return Ending::Abnormal;
-        }
-        if resent > 0 {
-            self.stat(|s| s.resent += resent);
-        }
-        loop {
-            tokio::select! {
-                command = self.commands.recv() => match command {
-                    Some(Command::Send(id, payload)) => {
-                        let text = self.correlate.tag(id, &payload);
-                        self.queue(id, payload);
-                        if let Some(p) = self.pending.get_mut(&id) {
-                            p.on_wire = true;
-                        }
-                        if ws.send(Message::text(text)).await.is_err() {
-                            return Ending::Abnormal;
-                        }
-                    }
-                    Some(Command::Close) | None => {
-                        let _ = ws.close(None).await;
-                        let _ = timeout(CLOSE_LINGER, async { while ws.next().await.is_some() {} }).await;
-                        return Ending::Shutdown;
-                    }
-                },
-                message = ws.next() => match message {
-                    Some(Ok(Message::Text(text))) => self.receive(text.as_str(), come_back_at),
-                    Some(Ok(Message::Close(frame))) => {
-                        let (code, advised) = match &frame {
-                            Some(f) => (
-                                u16::from(f.code),
-                                CloseReason::decode(f.reason.as_str())
-                                    .map(|r| Duration::from_millis(r.retry_after_ms)),
-                            ),
-                            None => (close::NORMAL, None),
-                        };
-                        // Answer the Close and let the server end TCP.
-                        let _ = ws.flush().await;
-                        let _ = timeout(CLOSE_LINGER, async { while ws.next().await.is_some() {} }).await;
-                        return Ending::Closed { code, advised };
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => return Ending::Abnormal,
-                },
-            }
-        }
-    }
-
-    fn receive(&mut self, text: &str, come_back_at: &mut Option<Instant>) {
-        if let Some(notice) = ShutdownNotice::decode(text) {
-            *come_back_at = Some(
-                Instant::now()
-                    + Duration::from_millis(notice.reconnect_in)
-                        .min(self.config.backoff.max_advised),
-            );
-            self.stat(|s| s.notices += 1);
-            self.emit(Event::Notice(notice));
-            return;
-        }
-        match self.correlate.id_of(text) {
-            Some(id) => {
-                if self.pending.remove(&id).is_some() {
-                    self.answered_here = true;
-                    self.pending_count
-                        .store(self.pending.len() as u64, Ordering::Relaxed);
-                    self.stat(|s| s.answered += 1);
-                    self.emit(Event::Reply {
-                        id,
-                        text: text.to_owned(),
-                    });
-                } else {
-                    self.stat(|s| s.duplicates += 1);
-                }
-            }
-            None => self.emit(Event::Push(text.to_owned())),
-        }
+        shared.stats()
     }
 }

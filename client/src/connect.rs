@@ -20,6 +20,7 @@ pub enum ConnectError {
         source: std::io::Error,
     },
     /// The server answered the upgrade with an HTTP status (e.g. 503 while draining).
+    /// `retry_after` is the header's whole seconds as sent (any size: the client caps it).
     #[error("upgrade refused with HTTP {status}")]
     Refused {
         status: u16,
@@ -77,7 +78,7 @@ pub async fn connect(
                 .headers()
                 .get(http_retry_after())
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
+                .and_then(|v| v.trim().parse().ok())
                 .map(std::time::Duration::from_secs),
         }),
         Err(e) => Err(ConnectError::Handshake(e)),

@@ -6,7 +6,10 @@
 //! under load through a drain or a rolling restart.
 //!
 //! Layout:
-//! - [`client`]: the reconnecting client ([`Client`], [`ClientConfig`], [`Event`]);
+//! - [`client`]: the reconnecting client ([`Client`], [`ClientConfig`], [`Event`]), with what
+//!   bounds it (`max_pending`, `events_capacity`, `max_advised`);
+//! - `task` (private): the task behind a client, which reconnects and waits as advised;
+//! - `session` (private): one connection, writing pending messages while reading replies;
 //! - [`backoff`]: advised delays and full-jitter exponential backoff;
 //! - [`protocol`]: how messages carry ids ([`Correlate`], [`Echo`] for ebb's echo app);
 //! - [`stats`]: what a client counts;
@@ -18,7 +21,9 @@ pub mod client;
 pub mod connect;
 pub mod load;
 pub mod protocol;
+mod session;
 pub mod stats;
+mod task;
 
 pub use backoff::Backoff;
 pub use client::{Client, ClientConfig, Event, SendError};

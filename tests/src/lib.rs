@@ -6,6 +6,8 @@
 //! - [`process`]: a node (or any ebb binary) as a child process, its logs, signals and exit;
 //! - [`procfs`]: memory and CPU time of a process, for benchmarks;
 //! - [`http`]: a small real HTTP/1.1 client (hyper) for `/health`, `/metrics`, `/admin/*`;
+//! - [`hostile`]: small hostile servers (raw HTTP refusals, scripted WebSocket servers) for
+//!   client tests, and an address nothing listens on;
 //! - [`ws`]: WebSocket clients: a well-behaved one (tokio-tungstenite) and a raw one that speaks
 //!   the protocol by hand so it can misbehave (never answer a Close or a ping);
 //! - [`fleet`]: a cluster of supervised nodes in Redis, the `ebb` CLI, and the event log;
@@ -19,6 +21,7 @@ pub mod bin;
 pub mod containers;
 pub mod eventually;
 pub mod fleet;
+pub mod hostile;
 pub mod http;
 pub mod process;
 pub mod procfs;

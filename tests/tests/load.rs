@@ -102,6 +102,31 @@ async fn echo_and_hold_report_what_they_did() {
 }
 
 #[tokio::test]
+async fn echo_with_a_window_beyond_the_tcp_buffers_keeps_flowing_and_ends_on_time() {
+    // 10,000 KiB messages in flight against a node that reads 4 ahead of its replies: written
+    // all at once before reading, the window blocked both sides and the run never ended.
+    let node = Node::start(&["--max-inflight", "4", "--read-buffer-size", "1024"]).await;
+    let mut echo = load(&[
+        "echo",
+        "--url",
+        &node.ws_url(),
+        "-n",
+        "1",
+        "-w",
+        "10000",
+        "-s",
+        "1024",
+        "--for",
+        "1s",
+        "--json",
+    ]);
+    let (code, s) = summary(&mut echo, SECS(20)).await;
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["errors"], 0, "{s}");
+    assert!(s["messages"].as_u64().unwrap() > 1_000, "{s}");
+}
+
+#[tokio::test]
 async fn bad_flags_exit_2() {
     for args in [
         &["soak", "--rate", "10"][..],
