@@ -1,21 +1,37 @@
 //! The coordinator's view of Redis: listing node records, sending commands, following events,
 //! and the rollout's persisted state. Every key comes from [`ebb_proto::Keys`].
 //!
+//! Nothing read here is trusted: index entries must be node names, records are parsed (bounded
+//! numbers, printable text, the node's signature when a secret is set) and must be listed under
+//! their own name, or they are skipped with a warning. Events are decoded (size, seal, cluster)
+//! in the subscription task and handed on through a bounded queue; what is refused or does not
+//! fit is counted in [`Intake`] and logged in aggregate, never one line per payload.
+//!
 //! Commands go through a `ConnectionManager` (it reconnects by itself, and every request has a
 //! timeout, so a paused Redis is an error rather than a hang). Events come from a dedicated
 //! pub/sub connection supervised by [`Cluster::follow_events`], which resubscribes after any
 //! loss and says so, so the caller can re-read the records it may have missed changes to.
 
+use crate::lock::Lock;
+use crate::rollout::io::{Io, Snapshot};
 use ebb_proto::command::Command;
 use ebb_proto::sign::Secret;
-use ebb_proto::{Event, Keys, NodeName, NodeRecord};
+use ebb_proto::{Event, EventRefusal, Keys, NodeName, NodeRecord};
 use futures_util::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Events waiting for the engine; beyond this they are dropped and counted.
+pub const EVENT_QUEUE: usize = 1024;
+/// How often refused and dropped events are logged (in aggregate).
+const INTAKE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Timeout of every Redis request made by the coordinator.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -24,7 +40,7 @@ pub const COMMAND_TTL: Duration = Duration::from_secs(300);
 
 /// Removes a name from the index only if its record is (still) gone: a node may re-register
 /// between the read that found it stale and this. KEYS: index, record. ARGV: name.
-static PRUNE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+static PRUNE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
 if redis.call('EXISTS', KEYS[2]) == 0 then
@@ -34,6 +50,84 @@ return 0
 "#,
     )
 });
+
+/// Deletes a desired-state key only if it still holds one of this rollout's commands (its id
+/// starts with the rollout's prefix for the node), so a newer command from someone else stays.
+/// KEYS: desired. ARGV: `"id":"<prefix>` as it appears in a plain or a sealed payload.
+static CLEAR_DESIRED: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+local v = redis.call('GET', KEYS[1])
+if v and (string.find(v, ARGV[1], 1, true) or string.find(v, ARGV[2], 1, true)) then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#,
+    )
+});
+
+/// What the event intake refused or dropped, by reason; shared by the subscription task (which
+/// counts) and the engine (which reports).
+#[derive(Debug, Default)]
+pub struct Intake {
+    accepted: AtomicU64,
+    refused: [AtomicU64; 5],
+    /// Decoded events that did not fit in the queue.
+    dropped: AtomicU64,
+    /// Set when an event was dropped, until the engine takes it (it must then re-read).
+    overflowed: AtomicBool,
+}
+
+const REFUSALS: [EventRefusal; 5] = [
+    EventRefusal::TooLarge,
+    EventRefusal::Malformed,
+    EventRefusal::Unsigned,
+    EventRefusal::BadSignature,
+    EventRefusal::WrongCluster,
+];
+
+impl Intake {
+    fn refuse(&self, why: EventRefusal) {
+        let at = REFUSALS.iter().position(|r| *r == why).unwrap_or(0);
+        self.refused[at].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn drop_one(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.overflowed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether events were dropped since the last call.
+    pub fn take_overflow(&self) -> bool {
+        self.overflowed.swap(false, Ordering::Relaxed)
+    }
+
+    /// Counts so far: `accepted`, `dropped` and one per refusal label, zeros left out.
+    pub fn counts(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        let mut put = |label: &'static str, n: u64| {
+            if n > 0 {
+                counts.insert(label, n);
+            }
+        };
+        put("accepted", self.accepted.load(Ordering::Relaxed));
+        put("dropped", self.dropped.load(Ordering::Relaxed));
+        for (refusal, n) in REFUSALS.iter().zip(&self.refused) {
+            put(refusal.label(), n.load(Ordering::Relaxed));
+        }
+        counts
+    }
+
+    /// Everything but what was accepted.
+    pub fn refused_total(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+            + self
+                .refused
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .sum::<u64>()
+    }
+}
 
 /// What went wrong talking to Redis.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +157,7 @@ pub struct Cluster {
     url: String,
     /// With a secret, records and events must carry the nodes' signatures.
     secret: Option<Secret>,
+    intake: Arc<Intake>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -86,7 +181,8 @@ pub enum Followed {
 }
 
 impl Cluster {
-    /// Connects to `url` for cluster `cluster`.
+    /// Connects to `url` for cluster `cluster`; with `secret`, commands are signed and only
+    /// records and events the nodes signed are read.
     pub async fn connect(
         url: &str,
         cluster: &str,
@@ -114,6 +210,7 @@ impl Cluster {
             keys,
             url: url.to_owned(),
             secret,
+            intake: Arc::default(),
         })
     }
 
@@ -126,7 +223,23 @@ impl Cluster {
         &mut self.conn
     }
 
-    /// Every registered node, sorted by name. Index entries whose record expired long ago are pruned.
+    /// Parses one record hash read under `name`; `None` (with a warning) when it is bad.
+    fn parse(&self, name: &NodeName, hash: &HashMap<String, String>) -> Option<NodeRecord> {
+        match NodeRecord::from_fields(hash, self.keys.cluster(), self.secret.as_ref()) {
+            Ok(record) if record.name == *name => Some(record),
+            Ok(record) => {
+                tracing::warn!(%name, claimed = %record.name, "skipping a node record listed under another name");
+                None
+            }
+            Err(error) => {
+                tracing::warn!(%name, %error, "skipping an unreadable node record");
+                None
+            }
+        }
+    }
+
+    /// Every registered node, sorted by name. Index entries that are not node names are skipped;
+    /// those whose record expired long ago are pruned.
     pub async fn nodes(&mut self) -> Result<Vec<NodeRecord>, ClusterError> {
         let listed: Vec<(String, f64)> = self
             .conn
@@ -161,13 +274,7 @@ impl Cluster {
                 }
                 continue;
             }
-            match NodeRecord::from_fields(&hash, self.keys.cluster(), self.secret.as_ref()) {
-                Ok(record) if record.name == name => records.push(record),
-                Ok(record) => {
-                    tracing::warn!(%name, claimed = %record.name, "skipping a node record listed under another name")
-                }
-                Err(error) => tracing::warn!(%name, %error, "skipping an unreadable node record"),
-            }
+            records.extend(self.parse(&name, &hash));
         }
         for name in stale {
             let _: i64 = PRUNE
@@ -183,11 +290,8 @@ impl Cluster {
 
     /// Sends a command: written as the node's desired state (so a node that is disconnected
     /// now obeys when it reconnects), then published. Returns how many subscribers got it.
-    pub async fn send(
-        &mut self,
-        command: &Command,
-        secret: Option<&Secret>,
-    ) -> Result<usize, ClusterError> {
+    pub async fn send(&mut self, command: &Command) -> Result<usize, ClusterError> {
+        let secret = self.secret.as_ref();
         let payload = command.encode(secret, COMMAND_TTL.as_millis() as u64);
         // A signed command is valid for COMMAND_TTL only; keeping it longer helps nobody.
         let desired_ttl = match secret {
@@ -208,42 +312,22 @@ impl Cluster {
         Ok(receivers)
     }
 
-    /// Forgets a node's desired state (after its replacement is up).
-    pub async fn clear_desired(&mut self, name: &NodeName) -> Result<(), ClusterError> {
-        let _: i64 = self.conn.del(self.keys.desired(name)).await?;
-        Ok(())
-    }
-
     /// The persisted rollout state, if any.
     pub async fn rollout_state(&mut self) -> Result<Option<String>, ClusterError> {
         Ok(self.conn.get(self.keys.rollout_state()).await?)
     }
 
-    /// Persists the rollout state.
-    pub async fn save_rollout_state(&mut self, json: &str) -> Result<(), ClusterError> {
-        let _: () = self.conn.set(self.keys.rollout_state(), json).await?;
-        Ok(())
-    }
-
-    /// Removes the rollout state (the rollout completed, or was discarded).
-    pub async fn clear_rollout_state(&mut self) -> Result<(), ClusterError> {
-        let _: i64 = self.conn.del(self.keys.rollout_state()).await?;
-        Ok(())
-    }
-
     /// Follows the cluster's events until `stop`, reconnecting after any loss. Each
     /// (re)subscription is announced with [`Followed::Subscribed`].
     pub fn follow_events(&self, stop: CancellationToken) -> mpsc::Receiver<Followed> {
-        let (tx, rx) = mpsc::channel(4096);
-        let client = self.client.clone();
-        let channel = self.keys.events();
-        let scope = (self.keys.cluster().to_owned(), self.secret.clone());
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let intake = Intake::scope(self);
         tokio::spawn(async move {
             let mut delay = Duration::from_millis(100);
             while !stop.is_cancelled() {
                 let (subscribed, error) = tokio::select! {
                     () = stop.cancelled() => return,
-                    ended = follow_once(&client, &channel, &scope, &tx) => ended,
+                    ended = follow_once(&intake, &tx) => ended,
                 };
                 if subscribed {
                     delay = Duration::from_millis(100);
@@ -262,29 +346,144 @@ impl Cluster {
     }
 }
 
+impl Io for Cluster {
+    fn cluster(&self) -> &str {
+        self.keys.cluster()
+    }
+
+    fn now_ms(&self) -> u64 {
+        ebb_proto::time::now_ms()
+    }
+
+    async fn nodes(&mut self) -> Result<Vec<NodeRecord>, ClusterError> {
+        Cluster::nodes(self).await
+    }
+
+    async fn read(
+        &mut self,
+        names: &[NodeName],
+        instances: &[(NodeName, Uuid)],
+    ) -> Result<Snapshot, ClusterError> {
+        if names.is_empty() && instances.is_empty() {
+            return Ok(Snapshot::default());
+        }
+        let mut pipe = redis::pipe();
+        for name in names {
+            pipe.hgetall(self.keys.node(name));
+        }
+        for (name, instance) in instances {
+            pipe.hgetall(self.keys.instance(name, *instance));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn).await?;
+        let (records, copies) = hashes.split_at(names.len().min(hashes.len()));
+        let read = |name: &NodeName, hash: &HashMap<String, String>| {
+            (!hash.is_empty()).then(|| self.parse(name, hash)).flatten()
+        };
+        Ok(Snapshot {
+            records: names
+                .iter()
+                .zip(records)
+                .map(|(name, hash)| (name.clone(), read(name, hash)))
+                .collect(),
+            instances: instances
+                .iter()
+                .zip(copies)
+                .map(|((name, instance), hash)| {
+                    (
+                        *instance,
+                        read(name, hash).filter(|r| r.instance == *instance),
+                    )
+                })
+                .collect(),
+        })
+    }
+
+    async fn send(&mut self, command: &Command) -> Result<usize, ClusterError> {
+        Cluster::send(self, command).await
+    }
+
+    async fn clear_desired(&mut self, name: &NodeName, prefix: &str) -> Result<(), ClusterError> {
+        let _: i64 = CLEAR_DESIRED
+            .key(self.keys.desired(name))
+            .arg(format!(r#""id":"{prefix}"#))
+            .arg(format!(r#"\"id\":\"{prefix}"#))
+            .invoke_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn save_state(&mut self, lock: &Lock, json: &str) -> Result<bool, ClusterError> {
+        let key = self.keys.rollout_state();
+        Ok(lock.save(&mut self.conn, &key, json).await?)
+    }
+
+    async fn clear_state(&mut self, lock: &Lock) -> Result<(), ClusterError> {
+        let key = self.keys.rollout_state();
+        Ok(lock.clear(&mut self.conn, &key).await?)
+    }
+
+    async fn renew(&mut self, lock: &Lock) -> Result<bool, ClusterError> {
+        Ok(lock.renew(&mut self.conn).await?)
+    }
+
+    async fn release(&mut self, lock: &Lock) -> Result<(), ClusterError> {
+        Ok(lock.release(&mut self.conn).await?)
+    }
+
+    fn follow_events(&self, stop: CancellationToken) -> mpsc::Receiver<Followed> {
+        Cluster::follow_events(self, stop)
+    }
+
+    fn intake(&self) -> Arc<Intake> {
+        self.intake.clone()
+    }
+
+    fn exec(
+        &self,
+        command: String,
+        limit: Duration,
+    ) -> impl Future<Output = Result<(), String>> + Send + 'static {
+        crate::exec::run(command, limit)
+    }
+}
+
+/// What one subscription needs: where to subscribe, how to read, where to count.
+struct IntakeScope {
+    client: redis::Client,
+    channel: String,
+    cluster: String,
+    secret: Option<Secret>,
+    intake: Arc<Intake>,
+}
+
+impl Intake {
+    fn scope(cluster: &Cluster) -> IntakeScope {
+        IntakeScope {
+            client: cluster.client.clone(),
+            channel: cluster.keys.events(),
+            cluster: cluster.keys.cluster().to_owned(),
+            secret: cluster.secret.clone(),
+            intake: cluster.intake.clone(),
+        }
+    }
+}
+
 /// One subscription; returns whether it got as far as subscribing, and why it ended.
-async fn follow_once(
-    client: &redis::Client,
-    channel: &str,
-    scope: &(String, Option<Secret>),
-    tx: &mpsc::Sender<Followed>,
-) -> (bool, String) {
+async fn follow_once(scope: &IntakeScope, tx: &mpsc::Sender<Followed>) -> (bool, String) {
     let mut subscribed = false;
-    let why = subscription(client, channel, scope, tx, &mut subscribed).await;
+    let why = subscription(scope, tx, &mut subscribed).await;
     (subscribed, why)
 }
 
 /// Subscribes and forwards events until something ends it; returns why.
 async fn subscription(
-    client: &redis::Client,
-    channel: &str,
-    (cluster, secret): &(String, Option<Secret>),
+    scope: &IntakeScope,
     tx: &mpsc::Sender<Followed>,
     subscribed: &mut bool,
 ) -> String {
     let connect = async {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(channel).await?;
+        let mut pubsub = scope.client.get_async_pubsub().await?;
+        pubsub.subscribe(&scope.channel).await?;
         Ok::<_, redis::RedisError>(pubsub)
     };
     let pubsub = match tokio::time::timeout(REDIS_TIMEOUT, connect).await {
@@ -298,18 +497,19 @@ async fn subscription(
     }
     let (mut sink, mut messages) = pubsub.split();
     let mut ping = tokio::time::interval(Duration::from_secs(2));
+    let mut log = tokio::time::interval(INTAKE_LOG_EVERY);
+    let mut logged = 0;
     loop {
         tokio::select! {
             message = messages.next() => match message {
                 Some(message) => {
-                    if let Ok(event) = Event::decode(message.get_payload_bytes(), secret.as_ref(), cluster)
-                        && tx.send(Followed::Event(event)).await.is_err()
-                    {
+                    if !scope.take(message.get_payload_bytes(), tx) {
                         return "stopped".to_owned();
                     }
                 }
                 None => return "the pub/sub connection closed".to_owned(),
             },
+            _ = log.tick() => logged = scope.log(logged),
             _ = ping.tick() => {
                 // Proves the otherwise silent subscription is alive (a paused Redis is not).
                 match tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<redis::Value>()).await {
@@ -319,5 +519,43 @@ async fn subscription(
                 }
             }
         }
+    }
+}
+
+impl IntakeScope {
+    /// Decodes one payload and queues the event; refusals and overflow are counted. `false`
+    /// once the engine is gone.
+    fn take(&self, payload: &[u8], tx: &mpsc::Sender<Followed>) -> bool {
+        let event = match Event::decode(payload, self.secret.as_ref(), &self.cluster) {
+            Ok(event) => event,
+            Err(why) => {
+                self.intake.refuse(why);
+                return true;
+            }
+        };
+        match tx.try_send(Followed::Event(event)) {
+            Ok(()) => {
+                self.intake.accepted.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.intake.drop_one();
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// One aggregate line when something was refused or dropped since the last; returns the
+    /// total so far.
+    fn log(&self, logged: u64) -> u64 {
+        let total = self.intake.refused_total();
+        if total > logged {
+            tracing::warn!(
+                counts = ?self.intake.counts(),
+                "events refused or dropped on the events channel (forged, foreign, malformed, or a flood)"
+            );
+        }
+        total
     }
 }

@@ -27,10 +27,10 @@ fn quote(value: &str) -> String {
 
 /// Runs `command` with `sh -c`, bounded by `limit`; `Err` carries the exit status and the end of
 /// its output.
-pub async fn run(command: &str, limit: Duration) -> Result<(), String> {
+pub async fn run(command: String, limit: Duration) -> Result<(), String> {
     let mut child = tokio::process::Command::new("sh")
         .arg("-c")
-        .arg(command)
+        .arg(&command)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -102,12 +102,12 @@ mod tests {
 
     #[tokio::test]
     async fn reports_failures_with_output() {
-        assert_eq!(run("true", Duration::from_secs(5)).await, Ok(()));
-        let err = run("echo boom >&2; exit 3", Duration::from_secs(5))
+        assert_eq!(run("true".into(), Duration::from_secs(5)).await, Ok(()));
+        let err = run("echo boom >&2; exit 3".into(), Duration::from_secs(5))
             .await
             .unwrap_err();
         assert!(err.contains("boom") && err.contains('3'), "{err}");
-        let err = run("sleep 5", Duration::from_millis(100))
+        let err = run("sleep 5".into(), Duration::from_millis(100))
             .await
             .unwrap_err();
         assert!(err.contains("did not finish"), "{err}");

@@ -3,6 +3,8 @@
 //! The value names its holder (host, pid, start time) so a refused coordinator can say who holds
 //! it. Renewal and release are compare-and-set scripts: a coordinator that lost its lock (it
 //! stalled past the expiry and another took over) can neither extend nor delete the new holder's.
+//! Writes of the rollout state are fenced the same way ([`Lock::save`]): a coordinator that lost
+//! the lock cannot overwrite the state its successor resumed from.
 
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -26,6 +28,32 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
         r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
+end
+return 0
+"#,
+    )
+});
+
+/// KEYS: lock, state. ARGV: holder value, state JSON. 1 when written, 0 when the lock is not
+/// (or no longer) the caller's.
+static SAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// KEYS: lock, state. ARGV: holder value. 1 when removed.
+static CLEAR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[2])
 end
 return 0
 "#,
@@ -140,6 +168,48 @@ impl Lock {
             .invoke_async(conn)
             .await?;
         Ok(renewed == 1)
+    }
+
+    /// Writes `json` at `state_key` if the lock is still ours; `false` (nothing written) if not.
+    pub async fn save(
+        &self,
+        conn: &mut ConnectionManager,
+        state_key: &str,
+        json: &str,
+    ) -> Result<bool, redis::RedisError> {
+        let saved: i64 = SAVE
+            .key(&self.key)
+            .key(state_key)
+            .arg(&self.value)
+            .arg(json)
+            .invoke_async(conn)
+            .await?;
+        Ok(saved == 1)
+    }
+
+    /// Deletes `state_key` if the lock is still ours.
+    pub async fn clear(
+        &self,
+        conn: &mut ConnectionManager,
+        state_key: &str,
+    ) -> Result<(), redis::RedisError> {
+        let _: i64 = CLEAR
+            .key(&self.key)
+            .key(state_key)
+            .arg(&self.value)
+            .invoke_async(conn)
+            .await?;
+        Ok(())
+    }
+
+    /// A lock held by `holder` (for engines run against an in-memory cluster).
+    pub fn held(key: String, value: String, ttl: Duration) -> Lock {
+        Lock { key, value, ttl }
+    }
+
+    /// The lock's key and its holder's value.
+    pub fn parts(&self) -> (&str, &str) {
+        (&self.key, &self.value)
     }
 
     /// Releases the lock if it is still ours.

@@ -15,6 +15,8 @@ pub struct Progress {
     /// Plain lines: when each node's line was last printed, so counts that move every few
     /// milliseconds print about once a second rather than at every change.
     printed: HashMap<String, (String, Instant)>,
+    /// Print nothing (engines run by tests and services).
+    silent: bool,
 }
 
 /// The part of a message that is not a number, so "3 left" and "2 left" count as one kind.
@@ -33,6 +35,7 @@ impl Progress {
                 bars: None,
                 last: HashMap::new(),
                 printed: HashMap::new(),
+                silent: false,
             };
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
@@ -53,6 +56,17 @@ impl Progress {
             bars: Some((multi, bars)),
             last: HashMap::new(),
             printed: HashMap::new(),
+            silent: false,
+        }
+    }
+
+    /// Progress that prints nothing.
+    pub fn silent() -> Self {
+        Progress {
+            bars: None,
+            last: HashMap::new(),
+            printed: HashMap::new(),
+            silent: true,
         }
     }
 
@@ -76,7 +90,7 @@ impl Progress {
                     .printed
                     .get(name)
                     .is_some_and(|(k, at)| *k == kind && now.duration_since(*at) < PLAIN_EVERY);
-                if !repeat {
+                if !repeat && !self.silent {
                     eprintln!("ebb: {name}: {message}");
                     self.printed.insert(name.to_owned(), (kind, now));
                 }
@@ -93,6 +107,7 @@ impl Progress {
                     bar.finish_with_message(message);
                 }
             }
+            None if self.silent => {}
             None => eprintln!("ebb: {name}: {message}"),
         }
     }
@@ -103,6 +118,7 @@ impl Progress {
             Some((multi, _)) => {
                 let _ = multi.println(line);
             }
+            None if self.silent => {}
             None => eprintln!("ebb: {line}"),
         }
     }

@@ -5,7 +5,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ebb_coordinator::commands::{self, Outcome, Target};
-use ebb_coordinator::rollout::{self, Policy};
+use ebb_coordinator::rollout::{self, Overrides};
 use ebb_proto::NodeName;
 use ebb_proto::command::{Action, Drain, Resume, Then};
 use std::process::ExitCode;
@@ -113,7 +113,7 @@ struct RollingArgs {
     /// Print the report as one JSON object on stdout.
     #[arg(long)]
     json: bool,
-    /// Continue the rollout a stopped coordinator left.
+    /// Continue the rollout a stopped coordinator left, under the rules it was started with.
     #[arg(long, conflicts_with = "fresh")]
     resume: bool,
     /// Discard an unfinished rollout and start a new one.
@@ -122,37 +122,41 @@ struct RollingArgs {
     /// Only these nodes, in this order (comma-separated).
     #[arg(long, value_delimiter = ',')]
     nodes: Option<Vec<NodeName>>,
-    /// Other active nodes required before draining one.
-    #[arg(long, default_value_t = rollout::DEFAULT_MIN_ACTIVE)]
-    min_active: usize,
-    /// How long a node has to acknowledge a drain.
-    #[arg(long, default_value_t = rollout::DEFAULT_ACK_TIMEOUT.into())]
-    ack_timeout: humantime::Duration,
-    /// Re-sends before giving up on an acknowledgement.
-    #[arg(long, default_value_t = rollout::DEFAULT_ACK_RETRIES)]
-    ack_retries: u32,
-    /// From acknowledgement to zero connections.
-    #[arg(long, default_value_t = rollout::DEFAULT_DRAIN_TIMEOUT.into())]
-    drain_timeout: humantime::Duration,
-    /// From drained to the old instance gone.
-    #[arg(long, default_value_t = rollout::DEFAULT_EXIT_TIMEOUT.into())]
-    exit_timeout: humantime::Duration,
-    /// From the old instance gone to its replacement active.
-    #[arg(long, default_value_t = rollout::DEFAULT_REPLACE_TIMEOUT.into())]
-    replace_timeout: humantime::Duration,
-    /// Pause after each replacement is active.
-    #[arg(long, default_value_t = rollout::DEFAULT_SETTLE.into())]
-    settle: humantime::Duration,
-    /// Replacements register under new names (Kubernetes pods): wait for the active count.
+    /// Nodes out of service because of the rollout at once: a count, or a percentage of the
+    /// plan (at least one) [default: 1].
     #[arg(long)]
-    ephemeral_names: bool,
+    max_parallel: Option<rollout::MaxParallel>,
+    /// Other active nodes required before draining one [default: 1].
+    #[arg(long)]
+    min_active: Option<usize>,
+    /// How long a node has to acknowledge a drain [default: 5s].
+    #[arg(long)]
+    ack_timeout: Option<humantime::Duration>,
+    /// Re-sends before giving up on an acknowledgement [default: 2].
+    #[arg(long)]
+    ack_retries: Option<u32>,
+    /// From acknowledgement to zero connections [default: 90s].
+    #[arg(long)]
+    drain_timeout: Option<humantime::Duration>,
+    /// From drained to the old instance gone [default: 30s].
+    #[arg(long)]
+    exit_timeout: Option<humantime::Duration>,
+    /// From the old instance gone to its replacement active [default: 2m].
+    #[arg(long)]
+    replace_timeout: Option<humantime::Duration>,
+    /// Pause after each replacement is active, before its slot is free [default: 0s].
+    #[arg(long)]
+    settle: Option<humantime::Duration>,
+    /// Replacements register under new names (Kubernetes pods): wait for the active count.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    ephemeral_names: Option<bool>,
     /// Command run per node after its drain (the node is told to stay drained, and the command
-    /// restarts it); {name} and {instance} are replaced.
+    /// restarts it); {name} and {instance} are replaced, each as one shell-quoted word.
     #[arg(long)]
     exec: Option<String>,
-    /// When a node vanishes mid-drain (killed): wait for its replacement, or abort.
-    #[arg(long, value_enum, default_value = "wait")]
-    on_node_lost: OnLost,
+    /// When a node vanishes mid-drain (killed): wait for its replacement, or abort [default: wait].
+    #[arg(long, value_enum)]
+    on_node_lost: Option<OnLost>,
     /// How long Redis may be unreachable before the rollout stops.
     #[arg(long, default_value_t = rollout::DEFAULT_REDIS_GRACE.into())]
     redis_grace: humantime::Duration,
@@ -160,23 +164,24 @@ struct RollingArgs {
 
 impl RollingArgs {
     fn into_args(self) -> commands::rolling_restart::Args {
+        let duration = |d: Option<humantime::Duration>| d.map(Into::into);
         commands::rolling_restart::Args {
             dry_run: self.dry_run,
             json: self.json,
             resume: self.resume,
             fresh: self.fresh,
             nodes: self.nodes,
-            policy: Policy {
+            overrides: Overrides {
+                max_parallel: self.max_parallel,
                 min_active: self.min_active,
-                ack_timeout: self.ack_timeout.into(),
+                ack_timeout: duration(self.ack_timeout),
                 ack_retries: self.ack_retries,
-                drain_timeout: self.drain_timeout.into(),
-                exit_timeout: self.exit_timeout.into(),
-                replace_timeout: self.replace_timeout.into(),
-                settle: self.settle.into(),
+                drain_timeout: duration(self.drain_timeout),
+                exit_timeout: duration(self.exit_timeout),
+                replace_timeout: duration(self.replace_timeout),
+                settle: duration(self.settle),
                 ephemeral_names: self.ephemeral_names,
-                exec: self.exec.is_some(),
-                abort_on_lost: matches!(self.on_node_lost, OnLost::Abort),
+                abort_on_lost: self.on_node_lost.map(|o| matches!(o, OnLost::Abort)),
             },
             exec: self.exec,
             redis_grace: self.redis_grace.into(),

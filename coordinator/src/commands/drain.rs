@@ -35,7 +35,7 @@ pub async fn run(target: &Target, args: Args) -> Result<Outcome, Error> {
     let mut events = cluster.follow_events(stop.clone());
     let mut cmd = Command::new(&target.cluster, args.name.clone(), Action::Drain(drain));
     cmd.instance = Some(instance);
-    let receivers = cluster.send(&cmd, target.secret.as_ref()).await?;
+    let receivers = cluster.send(&cmd).await?;
     eprintln!(
         "drain sent to {} (instance {instance}, then {}); {receivers} subscriber(s) received it",
         args.name, args.then

@@ -12,7 +12,7 @@ pub async fn run(target: &Target, name: &NodeName) -> Result<Outcome, Error> {
     };
     let mut cmd = Command::new(&target.cluster, name.clone(), Action::Resume(Resume {}));
     cmd.instance = Some(node.instance);
-    let receivers = cluster.send(&cmd, target.secret.as_ref()).await?;
+    let receivers = cluster.send(&cmd).await?;
     eprintln!("resume sent to {name}; {receivers} subscriber(s) received it");
     Ok(Outcome::Success)
 }

@@ -1,13 +1,15 @@
-//! `ebb rolling-restart`: drain and restart every node, one at a time.
+//! `ebb rolling-restart`: drain and restart every node, as many at a time as `--max-parallel`
+//! allows (one by default).
 
 use super::{Error, Outcome, Target};
+use crate::cluster::Cluster;
 use crate::lock::{Lock, LockError};
 use crate::progress::Progress;
-use crate::rollout::Policy;
 use crate::rollout::engine::{Engine, Saved};
 use crate::rollout::observe::Observation;
 use crate::rollout::report::{Report, Status};
-use crate::rollout::step::{Action, Rollout};
+use crate::rollout::state::{Action, Rollout};
+use crate::rollout::{Overrides, Policy};
 use ebb_proto::NodeName;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +23,8 @@ pub struct Args {
     pub fresh: bool,
     /// Restrict (and order) the plan to these nodes.
     pub nodes: Option<Vec<NodeName>>,
-    pub policy: Policy,
+    /// The rules given on the command line (the rest are defaults, or on resume the saved ones).
+    pub overrides: Overrides,
     pub exec: Option<String>,
     pub redis_grace: Duration,
 }
@@ -36,16 +39,7 @@ pub async fn run(
         Started::DryRun => return Ok(Outcome::Success),
         Started::Ran(report) => report,
         // `--json` always prints one object, also when the rollout never started.
-        Started::Refused(reason) => Report {
-            status: Status::Aborted,
-            cluster: target.cluster.clone(),
-            rollout_id: String::new(),
-            duration_ms: 0,
-            overhead_ms: 0,
-            reason: Some(reason),
-            failed_node: None,
-            nodes: Vec::new(),
-        },
+        Started::Refused(reason) => Report::refused(&target.cluster, reason),
     };
     if json {
         println!(
@@ -76,6 +70,14 @@ enum Started {
     Ran(Report),
 }
 
+/// What to run: a new rollout, or the saved one.
+#[derive(Debug)]
+pub struct Prepared {
+    pub rollout: Rollout,
+    pub policy: Policy,
+    pub exec: Option<String>,
+}
+
 async fn start(
     target: &Target,
     args: Args,
@@ -84,118 +86,204 @@ async fn start(
     let mut cluster = target.connect().await?;
     let records = cluster.nodes().await?;
     let registered: Vec<NodeName> = records.iter().map(|r| r.name.clone()).collect();
-    let plan = match &args.nodes {
-        Some(names) => {
-            if let Some(unknown) = names.iter().find(|n| !registered.contains(n)) {
-                return Err(Error::Usage(format!(
-                    "--nodes names {unknown}, which is not registered in cluster {:?}",
-                    target.cluster
-                )));
-            }
-            names.clone()
-        }
-        None => registered,
+    let plan = plan(target, &args, registered)?;
+    let fresh_policy = Policy {
+        exec: args.exec.is_some(),
+        ..args.overrides.apply(Policy::default())
     };
 
     if args.dry_run {
-        let mut obs = Observation::default();
+        let mut obs = Observation {
+            wall_ms: ebb_proto::time::now_ms(),
+            ..Observation::default()
+        };
         obs.apply_records(&records);
-        print_plan(&plan, &obs, &args.policy);
+        print_plan(&plan, &obs, &fresh_policy);
         return Ok(Started::DryRun);
     }
 
-    let ttl = ebb_proto::keys::ROLLOUT_LOCK_TTL;
-    let lock_key = cluster.keys().rollout_lock();
-    let lock = if args.resume {
-        eprintln!(
-            "ebb: taking the rollout lock (waiting up to {ttl:?} for a stopped coordinator's to expire)"
-        );
-        Lock::acquire_waiting(cluster.conn(), lock_key, ttl, ttl + Duration::from_secs(1)).await
-    } else {
-        Lock::acquire(cluster.conn(), lock_key, ttl).await
-    };
-    let lock = match lock {
+    let lock = match take_lock(&mut cluster, args.resume).await? {
         Ok(lock) => lock,
-        Err(error @ LockError::Held { .. }) => return Ok(Started::Refused(error.to_string())),
-        Err(LockError::Redis(error)) => return Err(Error::Cluster(error.into())),
+        Err(refused) => return Ok(Started::Refused(refused)),
     };
-
-    let saved = match cluster.rollout_state().await? {
-        Some(json) => match serde_json::from_str::<Saved>(&json) {
-            Ok(saved) => Some(saved),
-            Err(error) => {
-                eprintln!("ebb: ignoring an unreadable saved rollout state: {error}");
-                None
-            }
-        },
-        None => None,
-    };
-    let rollout = match (args.resume, saved) {
-        (true, Some(saved)) => {
-            let mut rollout = saved.rollout;
-            rollout.restart_timers(Duration::ZERO);
-            eprintln!(
-                "ebb: resuming rollout {} at node {} of {} ({})",
-                rollout.id,
-                rollout.index + 1,
-                rollout.plan.len(),
-                rollout.current().map_or("-", NodeName::as_str)
-            );
-            rollout
-        }
-        (true, None) => {
+    let prepared = match prepare(&mut cluster, &args, plan, fresh_policy).await {
+        Ok(Ok(prepared)) => prepared,
+        Ok(Err(refused)) => {
             let _ = lock.release(cluster.conn()).await;
-            return Ok(Started::Refused("there is no rollout to resume".to_owned()));
+            return Ok(Started::Refused(refused));
         }
-        (false, Some(saved)) if !args.fresh => {
+        Err(error) => {
             let _ = lock.release(cluster.conn()).await;
-            return Ok(Started::Refused(format!(
-                "an unfinished rollout ({}, {}) stopped at node {}; run `ebb rolling-restart --resume` to continue it or `--fresh` to discard it",
-                saved.rollout.id,
-                saved.status,
-                saved.rollout.current().map_or("-", NodeName::as_str)
-            )));
-        }
-        (false, _) => {
-            if plan.is_empty() {
-                let _ = lock.release(cluster.conn()).await;
-                return Ok(Started::Refused(format!(
-                    "no nodes registered in cluster {:?}",
-                    target.cluster
-                )));
-            }
-            Rollout::new(
-                uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
-                plan,
-            )
+            return Err(error);
         }
     };
 
-    let mut progress = Progress::new(&rollout.plan, false);
-    for done in &rollout.results[..rollout.index.min(rollout.results.len())] {
-        progress.finish_node(&done.name, "done (before this coordinator)".to_owned());
+    let mut progress = Progress::new(&prepared.rollout.plan(), false);
+    for run in prepared.rollout.nodes.iter().filter(|r| !r.in_flight()) {
+        if run.phase == crate::rollout::node::Phase::Done {
+            progress.finish_node(run.name(), "done (before this coordinator)".to_owned());
+        }
     }
     let engine = Engine {
-        cluster,
-        policy: args.policy,
-        secret: target.secret.clone(),
-        exec: args.exec,
+        io: cluster,
+        policy: prepared.policy,
+        exec: prepared.exec,
         redis_grace: args.redis_grace,
         lock,
     };
-    let report = engine.run(rollout, &mut progress, interrupt).await;
+    let report = engine.run(prepared.rollout, &mut progress, interrupt).await;
     progress.finish();
     Ok(Started::Ran(report))
 }
 
-/// `--dry-run`: the order, and whether the first capacity check would pass now.
+/// The nodes to roll, in order: `--nodes` (each must be registered) or every registered node.
+fn plan(target: &Target, args: &Args, registered: Vec<NodeName>) -> Result<Vec<NodeName>, Error> {
+    let Some(names) = &args.nodes else {
+        return Ok(registered);
+    };
+    if let Some(unknown) = names.iter().find(|n| !registered.contains(n)) {
+        return Err(Error::Usage(format!(
+            "--nodes names {unknown}, which is not registered in cluster {:?}",
+            target.cluster
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = names.iter().find(|n| !seen.insert(*n)) {
+        return Err(Error::Usage(format!("--nodes names {twice} twice")));
+    }
+    Ok(names.clone())
+}
+
+/// Takes the rollout lock (on `--resume`, waiting for a stopped coordinator's to expire);
+/// `Ok(Err(why))` when another coordinator holds it.
+async fn take_lock(cluster: &mut Cluster, resume: bool) -> Result<Result<Lock, String>, Error> {
+    let ttl = ebb_proto::keys::ROLLOUT_LOCK_TTL;
+    let key = cluster.keys().rollout_lock();
+    let lock = if resume {
+        eprintln!(
+            "ebb: taking the rollout lock (waiting up to {ttl:?} for a stopped coordinator's to expire)"
+        );
+        Lock::acquire_waiting(cluster.conn(), key, ttl, ttl + Duration::from_secs(1)).await
+    } else {
+        Lock::acquire(cluster.conn(), key, ttl).await
+    };
+    match lock {
+        Ok(lock) => Ok(Ok(lock)),
+        Err(error @ LockError::Held { .. }) => Ok(Err(error.to_string())),
+        Err(LockError::Redis(error)) => Err(Error::Cluster(error.into())),
+    }
+}
+
+/// The rollout to run, under the lock: the saved one on `--resume` (its policy and `--exec`
+/// kept; a flag that contradicts them is refused), else a new one (refused while an unfinished
+/// one exists, unless `--fresh`). `Ok(Err(why))` is a refusal.
+async fn prepare(
+    cluster: &mut Cluster,
+    args: &Args,
+    plan: Vec<NodeName>,
+    fresh_policy: Policy,
+) -> Result<Result<Prepared, String>, Error> {
+    let saved = match cluster.rollout_state().await? {
+        None => None,
+        Some(json) => match read_saved(&json) {
+            Ok(saved) => Some(saved),
+            Err(why) if args.fresh => {
+                eprintln!("ebb: discarding an unreadable saved rollout state: {why}");
+                None
+            }
+            Err(why) => {
+                let key = cluster.keys().rollout_state();
+                return Ok(Err(format!(
+                    "the saved rollout state is unreadable ({why}); inspect it with `redis-cli GET '{key}'`, or discard it with `ebb rolling-restart --fresh`"
+                )));
+            }
+        },
+    };
+    match (args.resume, saved) {
+        (true, Some(saved)) => Ok(resume(saved, &args.overrides, args.exec.as_ref())),
+        (true, None) => Ok(Err("there is no rollout to resume".to_owned())),
+        (false, Some(saved)) if !args.fresh => Ok(Err(format!(
+            "an unfinished rollout ({}, {}, {} of {} node(s) done) exists; run `ebb rolling-restart --resume` to continue it or `--fresh` to discard it",
+            saved.rollout.id,
+            saved.status,
+            saved.rollout.done(),
+            saved.rollout.nodes.len()
+        ))),
+        (false, _) if plan.is_empty() => Ok(Err(format!(
+            "no nodes registered in cluster {:?}",
+            cluster.keys().cluster()
+        ))),
+        (false, _) => Ok(Ok(Prepared {
+            rollout: Rollout::new(new_id(), plan),
+            policy: fresh_policy,
+            exec: args.exec.clone(),
+        })),
+    }
+}
+
+/// Parses and checks a saved state.
+pub fn read_saved(json: &str) -> Result<Saved, String> {
+    let saved: Saved = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    saved.rollout.validate().map_err(|e| e.to_string())?;
+    if saved.policy.exec != saved.exec.is_some() {
+        return Err("its policy and its --exec command disagree".to_owned());
+    }
+    Ok(saved)
+}
+
+/// The saved rollout, continued under its own rules: `overrides` and `exec` given now must not
+/// contradict them.
+pub fn resume(
+    saved: Saved,
+    overrides: &Overrides,
+    exec: Option<&String>,
+) -> Result<Prepared, String> {
+    let mut conflicts = overrides.conflicts(&saved.policy);
+    if exec.is_some() && exec != saved.exec.as_ref() {
+        conflicts.push("--exec".to_owned());
+    }
+    if !conflicts.is_empty() {
+        return Err(format!(
+            "rollout {} was started with other rules than {} give; run `ebb rolling-restart --resume` without them to continue it as it was started (saved: {})",
+            saved.rollout.id,
+            conflicts.join(", "),
+            serde_json::to_string(&saved.policy).expect("a policy serializes"),
+        ));
+    }
+    let mut rollout = saved.rollout;
+    rollout.restart_timers(Duration::ZERO);
+    let in_flight: Vec<String> = rollout.in_flight().map(|r| r.name().to_string()).collect();
+    eprintln!(
+        "ebb: resuming rollout {}: {} of {} node(s) done, in flight: {}",
+        rollout.id,
+        rollout.done(),
+        rollout.nodes.len(),
+        if in_flight.is_empty() {
+            "none".to_owned()
+        } else {
+            in_flight.join(", ")
+        }
+    );
+    Ok(Prepared {
+        rollout,
+        policy: saved.policy,
+        exec: saved.exec,
+    })
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// `--dry-run`: the order, and whether the first admission would pass now.
 fn print_plan(plan: &[NodeName], obs: &Observation, policy: &Policy) {
     println!(
-        "rolling restart plan ({} node(s), one at a time):",
-        plan.len()
+        "rolling restart plan ({} node(s), at most {} at a time):",
+        plan.len(),
+        policy.max_parallel.of(plan.len())
     );
     for (i, name) in plan.iter().enumerate() {
-        let view = obs.nodes.get(name);
+        let view = obs.record(name);
         println!(
             "  {}. {:<20} {:<9} {} connection(s)",
             i + 1,
@@ -204,12 +292,15 @@ fn print_plan(plan: &[NodeName], obs: &Observation, policy: &Policy) {
             view.map_or(0, |v| v.connections)
         );
     }
-    if let Some(first) = plan.first() {
-        let mut probe = Rollout::new("dry-run".into(), vec![first.clone()]);
-        match probe.step(obs, policy, None) {
-            Action::SendDrain { .. } => println!("capacity check for {first}: ok"),
-            Action::Abort(abort) => println!("capacity check for {first}: would stop: {abort}"),
-            other => println!("capacity check for {first}: {other:?}"),
-        }
+    if plan.is_empty() {
+        return;
+    }
+    let mut probe = Rollout::new("0".into(), plan.to_vec());
+    let actions = probe.step(obs, policy, &mut Vec::new());
+    let first = &plan[0];
+    match actions.first() {
+        Some(Action::SendDrain { .. }) => println!("capacity check for {first}: ok"),
+        Some(Action::Abort(abort)) => println!("capacity check for {first}: would stop: {abort}"),
+        other => println!("capacity check for {first}: {other:?}"),
     }
 }

@@ -1,22 +1,35 @@
-//! What the coordinator believes about the cluster: node records as last read, kept current
-//! between reads by the nodes' events. Records are the source of truth; events only make the
-//! view fresh sooner, so an event never overrides a newer record and a stale read never
-//! overrides a newer event.
+//! What the coordinator believes about the cluster.
+//!
+//! **Records confirm; events only wake.** Anyone who can PUBLISH can put anything on the events
+//! channel, so no event changes what the rollout believes: an event only tells the engine which
+//! records to read again now instead of at the next poll. Every view here comes from a record the
+//! cluster layer has already parsed (names, bounds, signature), and a record that is not fresh
+//! (older than its TTL, or from the future, beyond [`ebb_proto::keys::MAX_CLOCK_SKEW`]) is not
+//! a view at all: it is a leftover or a replayed copy.
+//!
+//! Besides the records, the observation holds the per-instance copies of the old instances the
+//! rollout is waiting on ([`ebb_proto::Keys::instance`]): a replacement that took a node's name
+//! over before its predecessor exited does not make the predecessor gone.
+//!
+//! What events do carry into the observation is informational only (a drain's clean and forced
+//! counts for the report, whether an instance said goodbye, the reason of a refused command), and
+//! only for instances and names the rollout watches, so a flood cannot grow it.
 
 use ebb_proto::{Event, EventKind, NodeName, NodeRecord, NodeState};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
 
-/// One node as observed.
+/// One node instance as its record (or its own copy) says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeView {
     pub instance: Uuid,
     pub state: NodeState,
     pub connections: u64,
     pub capacity: Option<u64>,
-    /// When this view was true at the node (ms since epoch), to order reads and events.
-    pub at_ms: u64,
+    pub url: String,
+    pub started_at_ms: u64,
+    pub updated_at_ms: u64,
 }
 
 impl From<&NodeRecord> for NodeView {
@@ -26,232 +39,171 @@ impl From<&NodeRecord> for NodeView {
             state: record.state,
             connections: record.connections,
             capacity: record.capacity,
-            at_ms: record.updated_at_ms,
+            url: record.url.clone(),
+            started_at_ms: record.started_at_ms,
+            updated_at_ms: record.updated_at_ms,
         }
     }
 }
 
-/// How a drained instance closed its connections (from its `drained` event).
+/// How a drained instance closed its connections (from its `drained` event: informational).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainedInfo {
     pub clean: u64,
     pub forced: u64,
 }
 
-/// The cluster as the coordinator sees it at `now` (time since the rollout started).
+/// What an event asks the engine to read again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wake {
+    /// Nothing: not about a node the rollout looks at.
+    Nothing,
+    /// This node's record (and its watched instance's copy).
+    Node(NodeName),
+    /// Every record (a node the rollout does not know registered: with ephemeral names it may
+    /// be a replacement).
+    All,
+}
+
+/// The cluster as the coordinator sees it.
 #[derive(Debug, Clone, Default)]
 pub struct Observation {
+    /// Time since this coordinator's run started (timeouts count in it).
     pub now: Duration,
+    /// The coordinator's wall clock, ms since the epoch (freshness, start times).
+    pub wall_ms: u64,
+    /// Fresh records, by name.
     pub nodes: BTreeMap<NodeName, NodeView>,
+    /// The own copies of watched instances, read with their records; `None` when absent.
+    pub instances: HashMap<Uuid, Option<NodeView>>,
+    /// Watched instances, by node name: the old instances of the nodes in flight.
+    pub watched: HashMap<Uuid, NodeName>,
+    /// The names the rollout looks at (its plan): events about others are ignored.
+    pub plan: HashSet<NodeName>,
     pub drained: HashMap<Uuid, DrainedInfo>,
-    /// Instances that deregistered (a clean exit; a killed process never does).
+    /// Watched instances that said they deregistered (a killed process never does).
     pub deregistered: HashSet<Uuid>,
-    /// The latest command refusal of each node (e.g. `bad_signature`), to explain a missing ack.
+    /// The latest command refusal of each planned node (e.g. `bad_signature`), to explain a
+    /// missing acknowledgement.
     pub refused: HashMap<NodeName, String>,
 }
 
 impl Observation {
-    /// Replaces the view with a fresh read of every record, keeping any node whose event is
-    /// newer than its record.
+    /// Replaces every view with a full read of the records.
     pub fn apply_records(&mut self, records: &[NodeRecord]) {
-        let mut nodes = BTreeMap::new();
-        for record in records {
-            let fresh = NodeView::from(record);
-            let view = match self.nodes.remove(&record.name) {
-                Some(known) if known.instance == fresh.instance && known.at_ms > fresh.at_ms => {
-                    known
-                }
-                _ => fresh,
-            };
-            nodes.insert(record.name.clone(), view);
-        }
-        self.nodes = nodes;
+        let wall_ms = self.wall_ms;
+        self.nodes = records
+            .iter()
+            .filter(|r| fresh(r, wall_ms))
+            .map(|r| (r.name.clone(), NodeView::from(r)))
+            .collect();
     }
 
-    /// Applies one event; `true` when it changed anything the rollout looks at.
-    pub fn apply_event(&mut self, event: &Event) -> bool {
-        let current = self.nodes.get_mut(&event.node);
-        match (&event.kind, current) {
-            (
-                EventKind::Registered {
-                    state, connections, ..
-                },
-                current,
-            ) => {
-                let capacity = current.as_ref().and_then(|v| v.capacity);
-                let view = NodeView {
-                    instance: event.instance,
-                    state: *state,
-                    connections: *connections,
-                    capacity,
-                    at_ms: event.at_ms,
+    /// Applies a read of one node's record (`None`: it has none).
+    pub fn apply_record(&mut self, name: &NodeName, record: Option<&NodeRecord>) {
+        match record.filter(|r| fresh(r, self.wall_ms) && r.name == *name) {
+            Some(record) => {
+                self.nodes.insert(name.clone(), NodeView::from(record));
+            }
+            None => {
+                self.nodes.remove(name);
+            }
+        }
+    }
+
+    /// Applies a read of a watched instance's own copy.
+    pub fn apply_instance(&mut self, instance: Uuid, copy: Option<&NodeRecord>) {
+        let view = copy
+            .filter(|r| fresh(r, self.wall_ms) && r.instance == instance)
+            .map(NodeView::from);
+        self.instances.insert(instance, view);
+    }
+
+    /// Watches exactly these instances (the old instances of the nodes in flight): their copies
+    /// are read with the records, and whatever was noted about others is forgotten.
+    pub fn set_watched(&mut self, watched: impl IntoIterator<Item = (Uuid, NodeName)>) {
+        self.watched = watched.into_iter().collect();
+        let keep = |instance: &Uuid| self.watched.contains_key(instance);
+        self.instances.retain(|i, _| keep(i));
+        self.drained.retain(|i, _| keep(i));
+        self.deregistered.retain(keep);
+    }
+
+    /// Notes what an event says that is informational, and says what to read again. Nothing
+    /// here changes a view.
+    pub fn note_event(&mut self, event: &Event) -> Wake {
+        let watched = self.watched.get(&event.instance) == Some(&event.node);
+        let planned = self.plan.contains(&event.node);
+        match &event.kind {
+            EventKind::Drained { clean, forced, .. } if watched => {
+                let info = DrainedInfo {
+                    clean: *clean,
+                    forced: *forced,
                 };
-                self.nodes.insert(event.node.clone(), view);
-                true
+                self.drained.insert(event.instance, info);
             }
-            (EventKind::State { state, connections }, Some(view))
-                if view.instance == event.instance && view.at_ms <= event.at_ms =>
-            {
-                view.state = *state;
-                view.connections = *connections;
-                view.at_ms = event.at_ms;
-                true
-            }
-            (EventKind::Connections { connections }, Some(view))
-                if view.instance == event.instance && view.at_ms <= event.at_ms =>
-            {
-                view.connections = *connections;
-                view.at_ms = event.at_ms;
-                true
-            }
-            (EventKind::Drained { clean, forced, .. }, _) => {
-                self.drained.insert(
-                    event.instance,
-                    DrainedInfo {
-                        clean: *clean,
-                        forced: *forced,
-                    },
-                );
-                true
-            }
-            (EventKind::CommandRefused { reason, .. }, _) => {
-                self.refused.insert(event.node.clone(), reason.clone());
-                false
-            }
-            (EventKind::Deregistered {}, current) => {
+            EventKind::Deregistered {} if watched => {
                 self.deregistered.insert(event.instance);
-                if current.is_some_and(|view| view.instance == event.instance) {
-                    self.nodes.remove(&event.node);
-                }
-                true
             }
-            _ => false,
+            EventKind::CommandRefused { reason, .. } if planned => {
+                let reason: String = reason.chars().take(64).collect();
+                self.refused.insert(event.node.clone(), reason);
+                return Wake::Nothing;
+            }
+            EventKind::Registered { .. } if !planned => return Wake::All,
+            _ => {}
+        }
+        if planned {
+            Wake::Node(event.node.clone())
+        } else {
+            Wake::Nothing
         }
     }
 
-    /// Whether `instance` finished a drain or exited cleanly (as opposed to vanishing).
+    /// The record of `name`.
+    pub fn record(&self, name: &NodeName) -> Option<&NodeView> {
+        self.nodes.get(name)
+    }
+
+    /// What is known of `instance` of `name`: its record while it owns the name, else its own
+    /// copy. `None`: it is gone (exited, or killed and expired).
+    pub fn instance(&self, name: &NodeName, instance: Uuid) -> Option<&NodeView> {
+        match self.nodes.get(name) {
+            Some(view) if view.instance == instance => Some(view),
+            _ => self.instances.get(&instance).and_then(Option::as_ref),
+        }
+    }
+
+    /// Whether `instance` finished a drain or exited cleanly (as opposed to vanishing). Only
+    /// events say this, so it decides nothing but what the report calls the end.
     pub fn ended_cleanly(&self, instance: Uuid) -> bool {
         self.drained.contains_key(&instance) || self.deregistered.contains(&instance)
     }
 
-    /// Active nodes other than `name`.
-    pub fn active_others(&self, name: &NodeName) -> impl Iterator<Item = &NodeView> + '_ {
-        let name = name.clone();
+    /// Active nodes, other than those in `except`.
+    pub fn active_except<'a>(
+        &'a self,
+        except: &'a HashSet<&NodeName>,
+    ) -> impl Iterator<Item = (&'a NodeName, &'a NodeView)> + 'a {
         self.nodes
             .iter()
-            .filter(move |(n, v)| **n != name && v.state == NodeState::Active)
-            .map(|(_, v)| v)
+            .filter(move |(name, view)| view.state == NodeState::Active && !except.contains(name))
     }
+}
+
+fn fresh(record: &NodeRecord, wall_ms: u64) -> bool {
+    if record.is_fresh(wall_ms) {
+        return true;
+    }
+    tracing::warn!(
+        node = %record.name,
+        updated_at_ms = record.updated_at_ms,
+        now_ms = wall_ms,
+        "ignoring a node record that is not fresh (a leftover, a replayed copy, or clocks apart)"
+    );
+    false
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn n(name: &str) -> NodeName {
-        NodeName::parse(name).unwrap()
-    }
-
-    fn record(name: &str, instance: Uuid, state: NodeState, conns: u64, at: u64) -> NodeRecord {
-        NodeRecord {
-            name: NodeName::parse(name).unwrap(),
-            instance,
-            url: "ws://x/ws".into(),
-            version: String::new(),
-            state,
-            connections: conns,
-            capacity: None,
-            started_at_ms: 0,
-            updated_at_ms: at,
-            ttl_ms: 10_000,
-        }
-    }
-
-    fn event(name: &str, instance: Uuid, at: u64, kind: EventKind) -> Event {
-        Event {
-            v: 1,
-            cluster: "c".into(),
-            node: NodeName::parse(name).unwrap(),
-            instance,
-            at_ms: at,
-            kind,
-        }
-    }
-
-    #[test]
-    fn events_refresh_and_stale_reads_do_not_regress() {
-        let a = Uuid::new_v4();
-        let mut obs = Observation::default();
-        obs.apply_records(&[record("a", a, NodeState::Active, 10, 100)]);
-        obs.apply_event(&event(
-            "a",
-            a,
-            200,
-            EventKind::State {
-                state: NodeState::Draining,
-                connections: 10,
-            },
-        ));
-        obs.apply_event(&event(
-            "a",
-            a,
-            300,
-            EventKind::Connections { connections: 0 },
-        ));
-        // A read answered after the events but taken before them.
-        obs.apply_records(&[record("a", a, NodeState::Active, 10, 150)]);
-        let view = &obs.nodes["a"];
-        assert_eq!((view.state, view.connections), (NodeState::Draining, 0));
-        // A newer read wins.
-        obs.apply_records(&[record("a", a, NodeState::Drained, 0, 400)]);
-        assert_eq!(obs.nodes["a"].state, NodeState::Drained);
-    }
-
-    #[test]
-    fn events_of_other_instances_are_ignored_until_they_register() {
-        let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
-        let mut obs = Observation::default();
-        obs.apply_records(&[record("a", old, NodeState::Drained, 0, 100)]);
-        assert!(!obs.apply_event(&event(
-            "a",
-            new,
-            200,
-            EventKind::Connections { connections: 5 }
-        )));
-        obs.apply_event(&event("a", old, 250, EventKind::Deregistered {}));
-        assert!(obs.nodes.is_empty());
-        obs.apply_event(&event(
-            "a",
-            new,
-            300,
-            EventKind::Registered {
-                url: String::new(),
-                state: NodeState::Active,
-                connections: 0,
-            },
-        ));
-        assert_eq!(obs.nodes["a"].instance, new);
-        // A late deregistration of the old instance does not remove the new one.
-        obs.apply_event(&event("a", old, 310, EventKind::Deregistered {}));
-        assert_eq!(obs.nodes["a"].instance, new);
-    }
-
-    #[test]
-    fn records_missing_from_a_read_are_gone() {
-        let mut obs = Observation::default();
-        obs.apply_records(&[
-            record("a", Uuid::new_v4(), NodeState::Active, 0, 1),
-            record("b", Uuid::new_v4(), NodeState::Active, 0, 1),
-        ]);
-        obs.apply_records(&[record(
-            "b",
-            obs.nodes["b"].instance,
-            NodeState::Active,
-            0,
-            2,
-        )]);
-        assert_eq!(obs.nodes.keys().collect::<Vec<_>>(), ["b"]);
-        assert_eq!(obs.active_others(&n("a")).count(), 1);
-        assert_eq!(obs.active_others(&n("b")).count(), 0);
-    }
-}
+#[path = "tests/observe.rs"]
+mod tests;

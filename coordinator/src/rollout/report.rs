@@ -2,7 +2,7 @@
 //! contract: `status`, `duration_ms`, and per node `name`, `old_instance`, `new_instance`,
 //! `connections_before`, `drain_ms`, `restart_ms`, `forced_closes`), and summarised for people.
 
-use super::step::NodeResult;
+use super::node::NodeRun;
 use ebb_proto::NodeName;
 use serde::Serialize;
 use uuid::Uuid;
@@ -23,6 +23,8 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeReport {
     pub name: NodeName,
+    /// Where it got: `done`, `pending` (never touched), or the phase the rollout stopped in.
+    pub phase: &'static str,
     pub old_instance: Option<Uuid>,
     pub new_instance: Option<Uuid>,
     pub connections_before: u64,
@@ -37,9 +39,11 @@ pub struct NodeReport {
 }
 
 impl NodeReport {
-    pub fn new(result: &NodeResult, react_ms: Option<u64>) -> Self {
+    pub fn new(run: &NodeRun, react_ms: Option<u64>) -> Self {
+        let result = &run.result;
         NodeReport {
             name: result.name.clone(),
+            phase: run.phase.name(),
             old_instance: result.old_instance,
             new_instance: result.new_instance,
             connections_before: result.connections_before,
@@ -66,10 +70,28 @@ pub struct Report {
     pub reason: Option<String>,
     /// The node it stopped at.
     pub failed_node: Option<NodeName>,
+    /// What the events channel brought: `accepted`, and what was refused or dropped by reason
+    /// (`unsigned`, `bad_signature`, `malformed`, `dropped`...). Zeros are left out.
+    pub events: std::collections::BTreeMap<&'static str, u64>,
     pub nodes: Vec<NodeReport>,
 }
 
 impl Report {
+    /// The report of a rollout refused before it touched anything.
+    pub fn refused(cluster: &str, reason: String) -> Self {
+        Report {
+            status: Status::Aborted,
+            cluster: cluster.to_owned(),
+            rollout_id: String::new(),
+            duration_ms: 0,
+            overhead_ms: 0,
+            reason: Some(reason),
+            failed_node: None,
+            events: Default::default(),
+            nodes: Vec::new(),
+        }
+    }
+
     /// Fills `overhead_ms` from the duration and the nodes' own times.
     pub fn with_overhead(mut self) -> Self {
         let busy: u64 = self
@@ -95,15 +117,37 @@ impl Report {
             self.overhead_ms
         );
         for node in &self.nodes {
+            if node.phase == "pending" {
+                let _ = writeln!(text, "  {:<20} not touched", node.name);
+                continue;
+            }
             let _ = writeln!(
                 text,
-                "  {:<20} {:>6} conns  drain {:>6} ms  restart {:>6} ms  forced {}{}",
+                "  {:<20} {:>6} conns  drain {:>6} ms  restart {:>6} ms  forced {}{}{}",
                 node.name,
                 node.connections_before,
                 node.drain_ms.map_or("-".into(), |v| v.to_string()),
                 node.restart_ms.map_or("-".into(), |v| v.to_string()),
                 node.forced_closes.map_or("?".into(), |v| v.to_string()),
                 if node.lost { "  (lost mid-drain)" } else { "" },
+                if node.phase == "done" {
+                    String::new()
+                } else {
+                    format!("  (stopped while {})", node.phase)
+                },
+            );
+        }
+        let ignored: u64 = self
+            .events
+            .iter()
+            .filter(|(label, _)| **label != "accepted")
+            .map(|(_, n)| n)
+            .sum();
+        if ignored > 0 {
+            let _ = writeln!(
+                text,
+                "events ignored (forged, foreign, malformed or dropped): {:?}",
+                self.events
             );
         }
         if let Some(reason) = &self.reason {
