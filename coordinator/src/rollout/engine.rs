@@ -2,7 +2,8 @@
 //! front end.
 //!
 //! It keeps an [`Observation`] fresh from the records (all of them every [`POLL_INTERVAL`]; the
-//! in-flight nodes' at once when an event about them arrives: events wake, records confirm),
+//! in-flight nodes' every tick, and at once when an event about them arrives: events wake,
+//! records confirm),
 //! steps the rollout, saves it **before** acting (fenced by the lock, so a coordinator that lost
 //! the lock cannot overwrite its successor's state), carries the actions out (drains, `--exec`
 //! commands), renews the lock, and stops when Redis stays unreachable past the grace period.
@@ -32,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 /// How long to wait for the event subscription before the first command.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
-/// How often timers are checked when nothing else happens.
+/// How often timers are checked, and the nodes in flight read, when nothing else happens.
 const TICK: Duration = Duration::from_millis(100);
 /// Most events taken from the queue before the records they point at are read.
 const EVENT_BATCH: usize = 1024;
@@ -389,6 +390,8 @@ impl<C: Io> Engine<C> {
                 if let Some(node) = state.exec_nodes.remove(&id) {
                     state.inputs.push((node, NodeInput::ExecDone(result)));
                 }
+                // What the command did is judged on a read taken after it.
+                state.read_all = true;
             }
             _ = waits.poll.tick() => state.read_all = true,
             _ = waits.renew.tick() => match self.io.renew(&self.lock).await {
@@ -399,7 +402,9 @@ impl<C: Io> Engine<C> {
                     state.redis_down.get_or_insert_with(Instant::now);
                 }
             },
-            _ = waits.tick.tick() => {}
+            // The nodes in flight are read every tick whatever the events say: a timeout is
+            // judged on a fresh read, and a lost event costs at most a tick.
+            _ = waits.tick.tick() => state.dirty.extend(rollout.in_flight().map(|r| r.name().clone())),
         }
         if self.io.intake().take_overflow() {
             // Dropped events may have said anything: read everything, and trust no silence.

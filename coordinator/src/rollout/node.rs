@@ -101,8 +101,9 @@ pub struct NodeResult {
     pub forced_closes: Option<u64>,
     /// The old instance vanished before finishing its drain (killed, crashed).
     pub lost: bool,
-    /// Instances of the cluster when this node's drain began (to spot the replacement when
-    /// names are ephemeral).
+    /// Instances that cannot be the replacement: those seen when the drain began (of this name;
+    /// of the whole cluster with ephemeral names), and those seen when the `--exec` command
+    /// started (it restarts the node: whatever ran before it is not what it started).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub known_before: BTreeSet<Uuid>,
     #[serde(default)]
@@ -231,12 +232,15 @@ impl NodeRun {
         &mut self,
         view: &NodeView,
         obs: &Observation,
+        policy: &Policy,
         active_before: usize,
     ) -> NodeAction {
+        let known = self.seen(obs, policy);
         let result = &mut self.result;
         result.old_instance = Some(view.instance);
         result.connections_before = view.connections;
-        result.known_before = obs.nodes.values().map(|v| v.instance).collect();
+        result.known_before = known;
+        result.known_before.insert(view.instance);
         result.active_before = active_before;
         result.drain_started = Some(obs.now);
         result.drain_started_wall_ms = obs.wall_ms;
@@ -249,6 +253,17 @@ impl NodeRun {
             instance: view.instance,
             attempt: 1,
         }
+    }
+
+    /// The instances observed now that could be mistaken for this node's replacement.
+    fn seen(&self, obs: &Observation, policy: &Policy) -> BTreeSet<Uuid> {
+        if policy.ephemeral_names {
+            return obs.nodes.values().map(|v| v.instance).collect();
+        }
+        obs.record(self.name())
+            .map(|v| v.instance)
+            .into_iter()
+            .collect()
     }
 
     /// Decides what to do now. Transitions that need no I/O are applied in a loop, so one call
@@ -372,11 +387,7 @@ impl NodeRun {
     /// its own supervisor does.
     fn after_drain(&mut self, ctx: Ctx<'_>, instance: Uuid) -> Flow {
         if ctx.policy.exec {
-            self.phase = Phase::Executing {
-                instance,
-                running: true,
-            };
-            return Act(NodeAction::RunExec { instance });
+            return self.run_exec(ctx, instance);
         }
         self.phase = Phase::Exiting {
             instance,
@@ -410,27 +421,32 @@ impl NodeRun {
             Some(NodeInput::SendFailed) | None if running => return Act(NodeAction::Wait),
             Some(NodeInput::SendFailed) | None => {}
         }
-        // Resumed while the command ran: it may have restarted the node or not. Run it again
-        // only if the old instance is still there, drained.
+        // Resumed while the command ran: it may have restarted the node, or never run. Run it
+        // again unless what it starts is already there.
         match ctx.obs.instance(self.name(), instance).map(|v| v.state) {
             Some(NodeState::Active) => self.abort(Abort::Resumed {
                 node: self.name().clone(),
             }),
-            Some(_) => {
-                self.phase = Phase::Executing {
-                    instance,
-                    running: true,
-                };
-                Act(NodeAction::RunExec { instance })
-            }
-            None => {
+            None if self.replacement(ctx, instance).is_some() => {
                 self.phase = Phase::Exiting {
                     instance,
                     since: now,
                 };
                 Next
             }
+            _ => self.run_exec(ctx, instance),
         }
+    }
+
+    /// Runs the `--exec` command; nothing seen before it counts as the replacement it starts.
+    fn run_exec(&mut self, ctx: Ctx<'_>, instance: Uuid) -> Flow {
+        let seen = self.seen(ctx.obs, ctx.policy);
+        self.result.known_before.extend(seen);
+        self.phase = Phase::Executing {
+            instance,
+            running: true,
+        };
+        Act(NodeAction::RunExec { instance })
     }
 
     fn exiting(&mut self, ctx: Ctx<'_>, instance: Uuid, since: Duration) -> Flow {
@@ -485,25 +501,22 @@ impl NodeRun {
         }
     }
 
-    /// The instance that replaces `old`: active, and started after this node's drain began
-    /// (so no leftover or replayed record of an earlier process counts).
+    /// The instance that replaces `old`: active, none seen before (at the drain or the
+    /// `--exec` command), and started after this node's drain began (so no leftover or replayed
+    /// record of an earlier process counts).
     fn replacement(&self, ctx: Ctx<'_>, old: Uuid) -> Option<Uuid> {
         let result = &self.result;
         let skew = MAX_CLOCK_SKEW.as_millis() as u64;
         let new = |v: &&NodeView| {
             v.state == NodeState::Active
                 && v.instance != old
+                && !result.known_before.contains(&v.instance)
                 && v.started_at_ms.saturating_add(skew) >= result.drain_started_wall_ms
         };
         if !ctx.policy.ephemeral_names {
             return ctx.obs.record(self.name()).filter(new).map(|v| v.instance);
         }
-        let fresh = ctx
-            .obs
-            .nodes
-            .values()
-            .filter(new)
-            .find(|v| !result.known_before.contains(&v.instance))?;
+        let fresh = ctx.obs.nodes.values().find(new)?;
         let active = ctx
             .obs
             .nodes

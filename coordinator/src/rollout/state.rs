@@ -157,7 +157,7 @@ impl Rollout {
                         .record(self.nodes[index].name())
                         .expect("admitted with a record")
                         .clone();
-                    let action = self.nodes[index].start(&view, obs, active_before);
+                    let action = self.nodes[index].start(&view, obs, policy, active_before);
                     actions.extend(self.act(index, action));
                 }
                 Admission::Abort(abort) => return vec![Action::Abort(abort)],

@@ -6,9 +6,13 @@ use crate::rollout::testkit::*;
 
 /// A node `a` admitted at `t`, with `b` active beside it.
 fn admitted(s: &mut Script, old: Uuid, t: u64) -> NodeRun {
+    admitted_with(s, old, t, &Policy::default())
+}
+
+fn admitted_with(s: &mut Script, old: Uuid, t: u64, policy: &Policy) -> NodeRun {
     let mut run = NodeRun::new(n("a"));
     let view = s.obs.nodes[&n("a")].clone();
-    let action = run.start(&view, s.at(t), 2);
+    let action = run.start(&view, s.at(t), policy, 2);
     assert_eq!(
         action,
         NodeAction::SendDrain {
@@ -348,6 +352,14 @@ fn exec_runs_after_the_drain_and_again_after_a_resume_only_if_needed() {
     resumed.restart_timers(ms(0));
     s.set("a", a2, ACTIVE, 0);
     assert_eq!(step(&mut resumed, s.at(0), &policy), NodeAction::Done);
+    // But an instance that was there before the command ran is not what it started.
+    let mut resumed = run.clone();
+    resumed.restart_timers(ms(0));
+    resumed.result.known_before.insert(a2);
+    assert_eq!(
+        step(&mut resumed, s.at(0), &policy),
+        NodeAction::RunExec { instance: a }
+    );
 
     let failed = Some(NodeInput::ExecDone(Err("boom".into())));
     assert_eq!(
@@ -367,7 +379,7 @@ fn ephemeral_names_wait_for_a_new_instance_and_the_active_count() {
         ephemeral_names: true,
         ..Policy::default()
     };
-    let mut run = admitted(&mut s, a, 0);
+    let mut run = admitted_with(&mut s, a, 0, &policy);
     s.set("a", a, DRAINED, 0);
     step(&mut run, s.at(10), &policy);
     s.remove("a");
