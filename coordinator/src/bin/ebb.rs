@@ -160,6 +160,18 @@ struct RollingArgs {
     /// How long Redis may be unreachable before the rollout stops.
     #[arg(long, default_value_t = rollout::DEFAULT_REDIS_GRACE.into())]
     redis_grace: humantime::Duration,
+    /// Expiry of the rollout lock (renewed every third of it): how long a coordinator that died
+    /// holds off the next one. `--resume` waits up to this long for a dead one's lock.
+    #[arg(long, default_value_t = ebb_proto::keys::ROLLOUT_LOCK_TTL.into(), value_parser = parse_lock_ttl)]
+    lock_ttl: humantime::Duration,
+}
+
+fn parse_lock_ttl(s: &str) -> Result<humantime::Duration, String> {
+    let ttl: humantime::Duration = s.parse().map_err(|e| format!("{e}"))?;
+    if ttl.as_millis() < 1000 || ttl.as_secs() > 3600 {
+        return Err("the lock TTL must be between 1s and 1h".to_owned());
+    }
+    Ok(ttl)
 }
 
 impl RollingArgs {
@@ -185,6 +197,7 @@ impl RollingArgs {
             },
             exec: self.exec,
             redis_grace: self.redis_grace.into(),
+            lock_ttl: self.lock_ttl.into(),
         }
     }
 }

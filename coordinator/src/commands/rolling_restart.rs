@@ -27,6 +27,8 @@ pub struct Args {
     pub overrides: Overrides,
     pub exec: Option<String>,
     pub redis_grace: Duration,
+    /// The rollout lock's expiry: how long a dead coordinator's lock holds others off.
+    pub lock_ttl: Duration,
 }
 
 pub async fn run(
@@ -102,7 +104,7 @@ async fn start(
         return Ok(Started::DryRun);
     }
 
-    let lock = match take_lock(&mut cluster, args.resume).await? {
+    let lock = match take_lock(&mut cluster, args.resume, args.lock_ttl).await? {
         Ok(lock) => lock,
         Err(refused) => return Ok(Started::Refused(refused)),
     };
@@ -156,8 +158,11 @@ fn plan(target: &Target, args: &Args, registered: Vec<NodeName>) -> Result<Vec<N
 
 /// Takes the rollout lock (on `--resume`, waiting for a stopped coordinator's to expire);
 /// `Ok(Err(why))` when another coordinator holds it.
-async fn take_lock(cluster: &mut Cluster, resume: bool) -> Result<Result<Lock, String>, Error> {
-    let ttl = ebb_proto::keys::ROLLOUT_LOCK_TTL;
+async fn take_lock(
+    cluster: &mut Cluster,
+    resume: bool,
+    ttl: Duration,
+) -> Result<Result<Lock, String>, Error> {
     let key = cluster.keys().rollout_lock();
     let lock = if resume {
         eprintln!(
