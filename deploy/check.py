@@ -122,6 +122,7 @@ def node_facts() -> tuple[float, dict[str, float], set[str]]:
         ("EBB_DRAIN_DEADLINE", "DEFAULT_DRAIN_DEADLINE", 30.0),
         ("EBB_PROPAGATION_DELAY", "DEFAULT_PROPAGATION_DELAY", 0.0),
         ("EBB_CLOSE_SPREAD", "DEFAULT_CLOSE_SPREAD", 5.0),
+        ("EBB_NOTICE_LEAD", "DEFAULT_NOTICE_LEAD", 0.5),
         ("EBB_INFLIGHT_TIMEOUT", "DEFAULT_INFLIGHT_TIMEOUT", 3.0),
         ("EBB_CLOSE_TIMEOUT", "DEFAULT_CLOSE_TIMEOUT", 5.0),
     ]:
@@ -156,14 +157,17 @@ def check_numbers(where: str, env: dict[str, str], kill_after: float, kill_name:
         fail(f"{where}: {kill_name} {fmt(kill_after)} must exceed EBB_DRAIN_DEADLINE"
              f" {fmt(deadline)} + exit work {fmt(EXIT_WORK)} = {fmt(need)}; a slow drain"
              " would be SIGKILLed")
-    schedule = (timing["EBB_PROPAGATION_DELAY"] + timing["EBB_CLOSE_SPREAD"]
+    # Closes are spread over [notice lead, spread]: the last one comes at the later of the two.
+    closes = max(timing["EBB_NOTICE_LEAD"], timing["EBB_CLOSE_SPREAD"])
+    schedule = (timing["EBB_PROPAGATION_DELAY"] + closes
                 + timing["EBB_INFLIGHT_TIMEOUT"] + timing["EBB_CLOSE_TIMEOUT"])
     if schedule <= deadline:
-        ok(f"{where}: the paced drain fits its deadline: propagation + spread + in-flight +"
-           f" close timeout = {fmt(schedule)} <= {fmt(deadline)}")
+        ok(f"{where}: the paced drain fits its deadline: propagation + max(notice lead, spread)"
+           f" + in-flight + close timeout = {fmt(schedule)} <= {fmt(deadline)}")
     else:
-        fail(f"{where}: propagation + spread + in-flight + close timeout = {fmt(schedule)} exceeds"
-             f" EBB_DRAIN_DEADLINE {fmt(deadline)}: the last clients would be cut, not closed")
+        fail(f"{where}: propagation + max(notice lead, spread) + in-flight + close timeout ="
+             f" {fmt(schedule)} exceeds EBB_DRAIN_DEADLINE {fmt(deadline)}: the last clients would"
+             " be cut, not closed")
 
 
 def check_var_names(where: str, names) -> None:

@@ -27,6 +27,10 @@ pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 pub const DEFAULT_CLOSE_CODE: u16 = ebb_proto::close::GOING_AWAY;
 /// `EBB_NOTICE`: send the seed's `server_shutdown` notice before closing.
 pub const DEFAULT_NOTICE: bool = true;
+/// `EBB_NOTICE_LEAD`: with the notice on, the first close comes no earlier than this after the
+/// notices, so a message a client sent just before it saw the notice is read and answered before
+/// its Close instead of crossing it on the wire. Closes are spread over `[lead, close spread]`.
+pub const DEFAULT_NOTICE_LEAD: Duration = Duration::from_millis(500);
 /// `EBB_NOTICE_MESSAGE`: the notice's human-readable text.
 pub const DEFAULT_NOTICE_MESSAGE: &str = "Server is restarting. Please reconnect when advised.";
 /// `EBB_PING_INTERVAL`: ping every connection this often; a peer that has not answered the
@@ -47,6 +51,8 @@ pub const DEFAULT_HTTP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct DrainConfig {
     pub propagation_delay: Duration,
     pub notice: bool,
+    /// With the notice on, how long after the notices the first close comes.
+    pub notice_lead: Duration,
     pub notice_message: String,
     pub close_code: u16,
     pub close_spread: Duration,
@@ -62,6 +68,7 @@ impl Default for DrainConfig {
         DrainConfig {
             propagation_delay: DEFAULT_PROPAGATION_DELAY,
             notice: DEFAULT_NOTICE,
+            notice_lead: DEFAULT_NOTICE_LEAD,
             notice_message: DEFAULT_NOTICE_MESSAGE.to_owned(),
             close_code: DEFAULT_CLOSE_CODE,
             close_spread: DEFAULT_CLOSE_SPREAD,

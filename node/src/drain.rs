@@ -3,12 +3,13 @@
 //! 1. flip readiness (state `draining`: `/health` 503, upgrades 503, the Redis record follows);
 //! 2. wait the propagation delay;
 //! 3. take the connections and, with the notice on, send each its `server_shutdown` notice;
-//! 4. order each connection closed at its slot of the schedule ([`crate::pacing`]); each one
+//! 4. order each connection closed at its slot of the schedule ([`crate::pacing`]): the first no
+//!    earlier than the notice lead after the notices, the last within the close spread; each one
 //!    answers what it received, sends Close with its advised delay and awaits the client's;
 //! 5. wait for the count to reach zero, or the deadline, which terminates what is left;
 //! 6. report clean and forced closes, state `drained`; then exit, or wait for `resume`.
 //!
-//! A `hurry` (second signal) skips what is left of steps 2 and 4. A `resume` stops the drain:
+//! A `hurry` (second signal) skips what is left of steps 2 and 4 (the lead included). A `resume` stops the drain:
 //! connections already told to close finish closing, the rest stay, readiness flips back.
 
 use crate::app::App;
@@ -188,24 +189,10 @@ async fn drain<A: App>(
     let mailboxes = shared
         .registry
         .begin_closing(order(config.reconnect_base + config.reconnect_spread));
-    // The last connection closed must still have time to answer and complete its handshake
-    // before the deadline: a deadline shorter than the spread shrinks the spread.
-    let room = deadline
-        .saturating_duration_since(Instant::now())
-        .saturating_sub(config.inflight_timeout + config.close_timeout);
-    let spread = if hurried {
-        Duration::ZERO
-    } else {
-        config.close_spread.min(room)
-    };
-    if spread < config.close_spread && !hurried {
-        tracing::info!(
-            spread_ms = spread.as_millis() as u64,
-            "close spread shortened to fit the drain deadline"
-        );
-    }
+    let (lead, spread) = closing_window(config, deadline, hurried);
     let slots = pacing::schedule(
         mailboxes.len(),
+        lead,
         spread,
         config.reconnect_base,
         config.reconnect_spread,
@@ -288,6 +275,37 @@ async fn drain<A: App>(
         );
     }
     Some(report)
+}
+
+/// The notice lead and the close spread of a drain whose closing phase starts now. The last
+/// connection closed (at the later of the two) must still have time to answer and complete its
+/// handshake before the deadline: a deadline that leaves less room shortens both. A hurry skips
+/// both; without a notice there is nothing to lead.
+fn closing_window(
+    config: &crate::config::DrainConfig,
+    deadline: Instant,
+    hurried: bool,
+) -> (Duration, Duration) {
+    if hurried {
+        return (Duration::ZERO, Duration::ZERO);
+    }
+    let room = deadline
+        .saturating_duration_since(Instant::now())
+        .saturating_sub(config.inflight_timeout + config.close_timeout);
+    let wanted_lead = if config.notice {
+        config.notice_lead
+    } else {
+        Duration::ZERO
+    };
+    let (lead, spread) = (wanted_lead.min(room), config.close_spread.min(room));
+    if lead < wanted_lead || spread < config.close_spread {
+        tracing::info!(
+            lead_ms = lead.as_millis() as u64,
+            spread_ms = spread.as_millis() as u64,
+            "notice lead and close spread shortened to fit the drain deadline"
+        );
+    }
+    (lead, spread)
 }
 
 /// Resolves when the connection count is zero. (The watch guard is dropped before returning, so

@@ -91,6 +91,7 @@ pub struct Metrics {
     last_drain_forced: Gauge,
     commands_applied: Family<ActionLabel, Counter>,
     commands_refused: Family<ReasonLabel, Counter>,
+    commands_dropped: Counter,
     redis_connected: Gauge,
 }
 
@@ -113,6 +114,7 @@ impl Default for Metrics {
             last_drain_forced: Gauge::default(),
             commands_applied: Family::default(),
             commands_refused: Family::default(),
+            commands_dropped: Counter::default(),
             redis_connected: Gauge::default(),
             registry: Registry::default(),
         };
@@ -188,8 +190,13 @@ impl Default for Metrics {
             metrics.commands_refused.clone(),
         );
         registry.register(
+            "commands_dropped",
+            "Command-channel payloads dropped unread because the command queue was full",
+            metrics.commands_dropped.clone(),
+        );
+        registry.register(
             "redis_connected",
-            "1 while the node's Redis agent is connected",
+            "1 while the node's Redis agent is connected (liveness and commands)",
             metrics.redis_connected.clone(),
         );
         for kind in CloseKind::ALL {
@@ -253,7 +260,11 @@ impl Metrics {
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
-    /// Records whether the Redis agent is connected.
+    /// Counts a command-channel payload dropped unread (the command queue was full).
+    pub fn command_dropped(&self) {
+        self.commands_dropped.inc();
+    }
+    /// Records whether the Redis agent is connected (every one of its connections).
     pub fn redis_connected(&self, up: bool) {
         self.redis_connected.set(up as i64);
     }
@@ -283,6 +294,7 @@ mod tests {
         metrics.received();
         metrics.closed(CloseKind::DrainForced);
         metrics.command_refused("replayed");
+        metrics.command_dropped();
         let text = metrics.render(NodeState::Draining, 7);
         assert!(text.contains("ebb_connections 7"), "{text}");
         assert!(
@@ -306,6 +318,7 @@ mod tests {
             text.contains(r#"ebb_commands_refused_total{reason="replayed"} 1"#),
             "{text}"
         );
+        assert!(text.contains("ebb_commands_dropped_total 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

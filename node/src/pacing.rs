@@ -1,9 +1,13 @@
 //! The close schedule of a drain: when each connection is closed and what delay it is advised.
 //!
-//! Connection `i` of `n` is closed at `spread * i / n` after the drain's closing phase starts and
-//! advised to wait `base + reconnect_spread * i / n`. Both grow with `i`, so the moments clients
-//! come back (`close + delay`) are evenly spaced over `base .. base + spread + reconnect_spread`:
-//! the surviving nodes see a flat reconnect rate instead of a storm. When pacing is skipped (a
+//! Connection `i` of `n` is closed at `lead + (spread - lead) * i / n` after the drain's closing
+//! phase starts (when the notices go out) and advised to wait `base + reconnect_spread * i / n`.
+//! The lead gives a client that sent a message just before it saw the notice the time to get its
+//! answer before the Close; the closes still end within the spread (a spread shorter than the
+//! lead closes everyone at the lead). Close moments and delays both grow with `i`, so the moments
+//! clients come back (`close + delay`) are evenly spaced over
+//! `lead + base .. base + max(lead, spread) + reconnect_spread`: the surviving nodes see a flat
+//! reconnect rate instead of a storm. When pacing is skipped (a
 //! second signal), the remaining clients are closed at once but advised the delay that keeps their
 //! planned reconnect moment, so skipping pacing speeds the exit without bunching reconnects.
 
@@ -31,16 +35,18 @@ impl Slot {
     }
 }
 
-/// The schedule for `n` connections.
+/// The schedule for `n` connections: closes over `[lead, max(lead, spread))`.
 pub fn schedule(
     n: usize,
+    lead: Duration,
     spread: Duration,
     base: Duration,
     reconnect_spread: Duration,
 ) -> Vec<Slot> {
+    let window = spread.saturating_sub(lead);
     (0..n)
         .map(|i| Slot {
-            close_at: fraction(spread, i, n),
+            close_at: lead + fraction(window, i, n),
             retry_after: base + fraction(reconnect_spread, i, n),
         })
         .collect()
@@ -64,7 +70,7 @@ mod tests {
 
     #[test]
     fn closes_are_evenly_spread() {
-        let slots = schedule(4, ms(1000), ms(100), ms(400));
+        let slots = schedule(4, ms(0), ms(1000), ms(100), ms(400));
         let closes: Vec<_> = slots.iter().map(|s| s.close_at).collect();
         assert_eq!(closes, [ms(0), ms(250), ms(500), ms(750)]);
         let delays: Vec<_> = slots.iter().map(|s| s.retry_after).collect();
@@ -74,7 +80,7 @@ mod tests {
     #[test]
     fn reconnects_are_flat() {
         let n = 10_000;
-        let slots = schedule(n, ms(10_000), ms(0), ms(2_000));
+        let slots = schedule(n, ms(0), ms(10_000), ms(0), ms(2_000));
         // 100 ms buckets over the whole reconnect window hold the same count (±1).
         let mut buckets = vec![0usize; 120];
         for slot in &slots {
@@ -87,8 +93,41 @@ mod tests {
     }
 
     #[test]
+    fn the_lead_delays_the_first_close_and_the_spread_still_bounds_the_last() {
+        let slots = schedule(4, ms(500), ms(1000), ms(100), ms(400));
+        let closes: Vec<_> = slots.iter().map(|s| s.close_at).collect();
+        assert_eq!(closes, [ms(500), ms(625), ms(750), ms(875)]);
+        let delays: Vec<_> = slots.iter().map(|s| s.retry_after).collect();
+        assert_eq!(delays, [ms(100), ms(200), ms(300), ms(400)]);
+        // A spread shorter than the lead: everyone at the lead, delays still spread.
+        let slots = schedule(3, ms(500), ms(200), ms(0), ms(300));
+        assert!(slots.iter().all(|s| s.close_at == ms(500)), "{slots:?}");
+        let back: Vec<_> = slots.iter().map(Slot::reconnect_at).collect();
+        assert_eq!(back, [ms(500), ms(600), ms(700)]);
+    }
+
+    #[test]
+    fn reconnects_stay_flat_with_a_lead() {
+        let n = 10_000;
+        let lead = ms(500);
+        let slots = schedule(n, lead, ms(10_000), ms(0), ms(2_000));
+        assert!(slots.iter().all(|s| s.close_at >= lead));
+        assert!(slots.iter().all(|s| s.close_at < ms(10_000)));
+        // Reconnects span lead .. spread + reconnect spread (11.5 s): 115 buckets of 100 ms, each
+        // holding the same count (±1).
+        let mut buckets = vec![0usize; 115];
+        for slot in &slots {
+            buckets[((slot.reconnect_at() - lead).as_millis() / 100) as usize] += 1;
+        }
+        let mean = n as f64 / buckets.len() as f64;
+        for (i, &b) in buckets.iter().enumerate() {
+            assert!((b as f64 - mean).abs() <= 1.0, "bucket {i}: {b} vs {mean}");
+        }
+    }
+
+    #[test]
     fn closing_early_keeps_the_planned_reconnect() {
-        let slots = schedule(10, ms(10_000), ms(0), ms(1_000));
+        let slots = schedule(10, ms(0), ms(10_000), ms(0), ms(1_000));
         let now = ms(2_000);
         for slot in &slots[3..] {
             assert_eq!(
@@ -101,8 +140,8 @@ mod tests {
 
     #[test]
     fn empty_and_zero_windows() {
-        assert!(schedule(0, ms(1000), ms(0), ms(0)).is_empty());
-        let slots = schedule(3, Duration::ZERO, ms(50), Duration::ZERO);
+        assert!(schedule(0, ms(500), ms(1000), ms(0), ms(0)).is_empty());
+        let slots = schedule(3, Duration::ZERO, Duration::ZERO, ms(50), Duration::ZERO);
         assert!(
             slots
                 .iter()

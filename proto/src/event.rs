@@ -11,6 +11,7 @@ use crate::name::NodeName;
 use crate::sign::{Domain, Envelope, Secret};
 use crate::state::NodeState;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// Event format version.
@@ -59,11 +60,20 @@ pub enum EventKind {
     Deregistered {},
     /// A command was accepted and is being carried out.
     CommandApplied { command_id: String, action: String },
-    /// A command was refused (see [`crate::Refusal::label`]).
+    /// Commands were refused (see [`crate::Refusal::label`]). A node reports refusals in
+    /// aggregate, at most one event per interval, so a flood of garbage costs it one PUBLISH a
+    /// second rather than one per payload; an event without `count` stands for one refusal.
     CommandRefused {
+        /// The reason of a single refusal, or the most frequent one of an aggregate.
         reason: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         command_id: Option<String>,
+        /// How many refusals this event stands for (absent: one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        count: Option<u64>,
+        /// Refusals by reason, when this event stands for more than one.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        reasons: BTreeMap<String, u64>,
     },
 }
 
@@ -186,6 +196,14 @@ mod tests {
             EventKind::CommandRefused {
                 reason: "replayed".into(),
                 command_id: None,
+                count: None,
+                reasons: BTreeMap::new(),
+            },
+            EventKind::CommandRefused {
+                reason: "malformed".into(),
+                command_id: None,
+                count: Some(1200),
+                reasons: BTreeMap::from([("malformed".into(), 1000), ("too_large".into(), 200)]),
             },
         ] {
             let event = Event::now("c", NodeName::parse("node-a").unwrap(), id, kind);
@@ -207,6 +225,21 @@ mod tests {
 
     fn secret() -> Secret {
         Secret::new("event-test-secret-0123").unwrap()
+    }
+
+    #[test]
+    fn a_refusal_event_from_before_aggregation_still_reads_as_one() {
+        let old = r#"{"v":1,"cluster":"c","node":"n1","instance":"00000000-0000-0000-0000-000000000000","at_ms":1,"type":"command_refused","reason":"unsigned"}"#;
+        let event = Event::decode(old.as_bytes(), None, "c").unwrap();
+        assert_eq!(
+            event.kind,
+            EventKind::CommandRefused {
+                reason: "unsigned".into(),
+                command_id: None,
+                count: None,
+                reasons: BTreeMap::new(),
+            }
+        );
     }
 
     #[test]

@@ -1,16 +1,27 @@
-//! What a process costs, read from `/proc`: resident memory and CPU time (for benchmarks).
+//! What a process costs, read from `/proc`: resident memory and CPU time (for benchmarks and
+//! resource bounds).
 
 use std::time::Duration;
 
 /// Resident set size of `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The most resident memory `pid` has had so far (its high-water mark), in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+/// A `kB` line of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status =
         std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/<pid>/status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmRSS line")
+        .unwrap_or_else(|| panic!("a {field} line in /proc/{pid}/status"))
 }
 
 /// User plus system CPU time `pid` has used so far (all its threads).
@@ -50,7 +61,9 @@ mod tests {
     #[test]
     fn reads_this_process() {
         let me = std::process::id();
-        assert!(rss_kib(me) > 0);
+        let rss = rss_kib(me);
+        assert!(rss > 0);
+        assert!(peak_rss_kib(me) >= rss);
         let before = cpu_time(me);
         let mut x = 0u64;
         let start = std::time::Instant::now();

@@ -570,3 +570,219 @@ async fn the_readme_redis_cli_payloads_drain_and_resume_a_node() {
     })
     .await;
 }
+
+/// Publishes `payload` on `name`'s command channel; returns how many subscribers heard it.
+async fn publish(redis: &Redis, name: &str, payload: &str) -> i64 {
+    let channel = Keys::new(CLUSTER)
+        .unwrap()
+        .commands(&ebb_tests::node_name(name));
+    conn(redis).await.publish(channel, payload).await.unwrap()
+}
+
+/// The nonce inside a signed command payload.
+fn nonce_of(payload: &str) -> String {
+    let envelope: ebb_proto::sign::Envelope = serde_json::from_str(payload).unwrap();
+    let cmd: ebb_proto::Command = serde_json::from_str(&envelope.signed).unwrap();
+    cmd.nonce.expect("a signed command carries a nonce")
+}
+
+#[tokio::test]
+async fn a_signed_command_is_not_obeyed_again_after_a_restart_nor_in_another_cluster() {
+    let redis = Redis::run().await;
+    let secret = "a-shared-secret-for-replays";
+    let key = ebb_proto::sign::Secret::new(secret).unwrap();
+    let args = node_args(
+        redis.url(),
+        CLUSTER,
+        &["--name", "n1", "--secret", secret, "--close-spread", "0s"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = Node::start(&args).await;
+    let first_instance = eventually("registered", SECS(5), || async {
+        record(&mut conn(&redis).await, "n1")
+            .await
+            .remove("instance")
+    })
+    .await;
+    let n1 = ebb_tests::node_name("n1");
+    let drain = ebb_proto::Command::new(
+        CLUSTER,
+        n1.clone(),
+        ebb_proto::command::Action::Drain(ebb_proto::command::Drain {
+            then: ebb_proto::command::Then::Stay,
+            deadline_ms: None,
+        }),
+    )
+    .encode(Some(&key), 60_000);
+    assert_eq!(publish(&redis, "n1", &drain).await, 1);
+    eventually("drained and staying", SECS(5), || async {
+        (http::get(first.addr, "/health").await.json()["status"] == "drained").then_some(())
+    })
+    .await;
+    // The nonce is remembered in Redis until the command expires.
+    let pttl: i64 = conn(&redis)
+        .await
+        .pttl(Keys::new(CLUSTER).unwrap().nonce(&nonce_of(&drain)))
+        .await
+        .unwrap();
+    assert!(pttl > 50_000 && pttl <= 66_000, "nonce PTTL {pttl}");
+    let resume = ebb_proto::Command::new(
+        CLUSTER,
+        n1.clone(),
+        ebb_proto::command::Action::Resume(Default::default()),
+    )
+    .encode(Some(&key), 60_000);
+    assert_eq!(publish(&redis, "n1", &resume).await, 1);
+    eventually("active again", SECS(5), || async {
+        (http::get(first.addr, "/health").await.status == 200).then_some(())
+    })
+    .await;
+
+    // A new process under the same name and secret: its memory is empty, Redis's is not.
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.proc.wait(SECS(10)).await.code(), Some(0));
+    let second = Node::start(&args).await;
+    eventually("the new instance registered", SECS(5), || async {
+        let instance = record(&mut conn(&redis).await, "n1")
+            .await
+            .remove("instance")?;
+        (instance != first_instance).then_some(())
+    })
+    .await;
+    assert_eq!(publish(&redis, "n1", &drain).await, 1);
+    eventually("the replay refused", SECS(5), || async {
+        (second
+            .metric(r#"ebb_commands_refused_total{reason="replayed"}"#)
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+
+    // Signed with the same secret, for another cluster: worth nothing here.
+    let elsewhere = ebb_proto::Command::new(
+        "another-cluster",
+        n1,
+        ebb_proto::command::Action::Drain(Default::default()),
+    )
+    .encode(Some(&key), 60_000);
+    assert_eq!(publish(&redis, "n1", &elsewhere).await, 1);
+    eventually("the foreign command refused", SECS(5), || async {
+        (second
+            .metric(r#"ebb_commands_refused_total{reason="wrong_cluster"}"#)
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        second
+            .metric(r#"ebb_commands_applied_total{action="drain"}"#)
+            .await,
+        0.0
+    );
+    let health = http::get(second.addr, "/health").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    assert_eq!(
+        record(&mut conn(&redis).await, "n1").await["state"],
+        "active"
+    );
+}
+
+#[tokio::test]
+async fn hostile_values_in_the_nodes_keys_neither_stop_it_registering_nor_cost_it_memory() {
+    let redis = Redis::run().await;
+    let mut c = conn(&redis).await;
+    let keys = Keys::new(CLUSTER).unwrap();
+    let n1 = ebb_tests::node_name("n1");
+    // Before the node starts: a string where its record and the index go, and 1 MiB of desired
+    // state (read bounded: 16 KiB + 1 byte at most).
+    let _: () = c.set(keys.node(&n1), "not a record").await.unwrap();
+    let _: () = c.set(keys.nodes(), "not an index").await.unwrap();
+    let _: () = c.set(keys.desired(&n1), "{".repeat(1 << 20)).await.unwrap();
+    let args = node_args(
+        redis.url(),
+        CLUSTER,
+        &["--name", "n1", "--close-spread", "0s"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let node = Node::start(&args).await;
+    let instance = eventually("registered over the garbage", SECS(5), || async {
+        let mut r: HashMap<String, String> =
+            conn(&redis).await.hgetall(keys.node(&n1)).await.ok()?;
+        (r.get("state").map(String::as_str) == Some("active")).then(|| r.remove("instance"))?
+    })
+    .await;
+    let members: Vec<String> = c.zrange(keys.nodes(), 0, -1).await.unwrap();
+    assert_eq!(members, ["n1"]);
+    eventually("the oversized desired state refused", SECS(5), || async {
+        (node
+            .metric(r#"ebb_commands_refused_total{reason="too_large"}"#)
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+
+    // A forged owner claiming to have started in the future does not make the node stand down.
+    let _: () = c.del(keys.node(&n1)).await.unwrap();
+    let future = (ebb_proto::time::now_ms() + 3_600_000).to_string();
+    let forged = uuid::Uuid::new_v4().to_string();
+    let _: () = c
+        .hset_multiple(
+            keys.node(&n1),
+            &[
+                ("instance", forged.as_str()),
+                ("started_at_ms", future.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
+    eventually("the record taken back", SECS(5), || async {
+        let r = record(&mut conn(&redis).await, "n1").await;
+        (r.get("instance") == Some(&instance) && r.contains_key("state")).then_some(())
+    })
+    .await;
+
+    // Desired state that is not a string, read on the resubscription that follows Redis
+    // dropping the node's subscriber (as `client-output-buffer-limit pubsub` does): refused,
+    // while the heartbeats go on and the node does not re-register.
+    let _: () = c.del(keys.desired(&n1)).await.unwrap();
+    let _: () = c.hset(keys.desired(&n1), "a", "b").await.unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "pubsub"])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    eventually(
+        "the hash at the desired-state key refused",
+        SECS(5),
+        || async {
+            (node
+                .metric(r#"ebb_commands_refused_total{reason="malformed"}"#)
+                .await
+                == 1.0)
+                .then_some(())
+        },
+    )
+    .await;
+    let logs = node.proc.logs();
+    let count = |needle: &str| logs.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(count("listening for commands"), 2, "resubscribed once");
+    assert_eq!(count("registered in Redis"), 1, "liveness untouched");
+
+    // And it still obeys a genuine drain.
+    let _: () = c.del(keys.desired(&n1)).await.unwrap();
+    let (code, _, logs) = ebb(
+        redis.url(),
+        CLUSTER,
+        &["drain", "n1", "--then", "stay"],
+        SECS(10),
+    )
+    .await;
+    assert_eq!(code, 0, "{logs:?}");
+    eventually("drained", SECS(5), || async {
+        (http::get(node.addr, "/health").await.json()["status"] == "drained").then_some(())
+    })
+    .await;
+}

@@ -6,6 +6,8 @@ use ebb_tests::process::Node;
 use ebb_tests::ws::{Client, RawClient, RawFrame, Seen};
 use ebb_tests::{eventually, http};
 use nix::sys::signal::Signal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
@@ -407,4 +409,129 @@ async fn a_client_that_stops_reading_cannot_hold_the_node_past_its_drain_deadlin
     );
     let line = node.proc.wait_log("drain finished", SECS(1)).await;
     assert!(line.contains("forced=1"), "{line}");
+}
+
+/// What one talking client saw of a drain.
+#[derive(Debug)]
+struct Talk {
+    /// Messages sent, all before the notice was seen (sending stops at the notice).
+    sent: u32,
+    /// Answers received before the Close, in order.
+    answered: Vec<u32>,
+    notice_at: Option<Instant>,
+    close_at: Instant,
+    close: Seen,
+}
+
+/// Answers a client gets before it counts as talking.
+const TALKING_AFTER: usize = 20;
+
+/// Sends `m<i>` every `gap` until the notice arrives, reads everything until the Close.
+async fn talk(mut client: Client, gap: Duration, talking: Arc<AtomicUsize>) -> Talk {
+    use futures_util::{SinkExt, StreamExt};
+    let (mut sent, mut answered, mut notice_at) = (0u32, Vec::new(), None);
+    let mut next_send = tokio::time::Instant::now();
+    let deadline = Instant::now() + SECS(30);
+    loop {
+        assert!(Instant::now() < deadline, "no Close within 30 s");
+        tokio::select! {
+            message = client.ws.next() => match message {
+                Some(Ok(tungstenite::Message::Text(text))) => {
+                    if let Some(i) = text.as_str().strip_prefix("Echo: m") {
+                        if answered.len() == TALKING_AFTER {
+                            talking.fetch_add(1, Ordering::Relaxed);
+                        }
+                        answered.push(i.parse().expect("an echo of m<i>"));
+                    } else {
+                        ShutdownNotice::decode(&text).expect("a server_shutdown notice");
+                        notice_at = Some(Instant::now());
+                    }
+                }
+                Some(Ok(tungstenite::Message::Close(frame))) => {
+                    let close_at = Instant::now();
+                    let _ = client.ws.flush().await;
+                    let close = Seen::Close(frame.map(|f| (u16::from(f.code), f.reason.as_str().to_owned())));
+                    client.finish(SECS(2)).await;
+                    return Talk { sent, answered, notice_at, close_at, close };
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the connection ended without a Close: {other:?}"),
+            },
+            () = tokio::time::sleep_until(next_send), if notice_at.is_none() => {
+                client.send(&format!("m{sent}")).await;
+                sent += 1;
+                next_send += gap;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_client_sent_before_it_saw_the_notice_is_answered_before_its_close() {
+    let n = 200;
+    let lead = Duration::from_millis(500);
+    let mut node = Node::start(&[
+        "--close-spread",
+        "1s",
+        "--notice-lead",
+        "500ms",
+        "--drain-deadline",
+        "15s",
+    ])
+    .await;
+    let talking = Arc::new(AtomicUsize::new(0));
+    let talkers: Vec<_> = clients(&node, n)
+        .await
+        .into_iter()
+        .map(|c| tokio::spawn(talk(c, Duration::from_millis(10), talking.clone())))
+        .collect();
+    eventually("every client talking", SECS(10), || async {
+        (talking.load(Ordering::Relaxed) == n).then_some(())
+    })
+    .await;
+    node.signal(Signal::SIGTERM);
+
+    let mut talks = Vec::new();
+    for talker in talkers {
+        talks.push(talker.await.unwrap());
+    }
+    let mut gaps = Vec::new();
+    for (c, talk) in talks.iter().enumerate() {
+        assert!(
+            matches!(talk.close, Seen::Close(Some((1001, _)))),
+            "client {c}: {:?}",
+            talk.close
+        );
+        let notice_at = talk
+            .notice_at
+            .unwrap_or_else(|| panic!("client {c} saw no notice"));
+        // Everything it sent before it saw the notice was answered, in order, before its Close.
+        let expected: Vec<u32> = (0..talk.sent).collect();
+        assert_eq!(talk.answered, expected, "client {c}");
+        gaps.push(talk.close_at - notice_at);
+    }
+    let first_notice = talks.iter().filter_map(|t| t.notice_at).min().unwrap();
+    let first_close = talks.iter().map(|t| t.close_at).min().unwrap();
+    let last_close = talks.iter().map(|t| t.close_at).max().unwrap();
+    gaps.sort();
+    let sent: u32 = talks.iter().map(|t| t.sent).sum();
+    println!(
+        "{n} clients sent {sent} messages, all answered before their Close; first Close {:?} \
+         after the first notice, last {:?}; per-client notice-to-Close gap min {:?}, median {:?}",
+        first_close - first_notice,
+        last_close - first_notice,
+        gaps[0],
+        gaps[gaps.len() / 2],
+    );
+    // The closes start a notice lead after the notices (less what delivering 200 notices and
+    // scheduling the client tasks takes), and end within the close spread.
+    let tolerance = Duration::from_millis(60);
+    assert!(
+        first_close - first_notice >= lead - tolerance,
+        "{:?}",
+        first_close - first_notice
+    );
+    assert!(gaps[0] >= lead - tolerance, "{gaps:?}");
+    assert!(last_close - first_notice < SECS(1) + Duration::from_millis(400));
+    assert_eq!(node.proc.wait(SECS(10)).await.code(), Some(0));
 }

@@ -1,10 +1,16 @@
 //! Which commands a node obeys. Pure logic: no I/O, no clock of its own.
 //!
 //! [`ebb_proto::command::decode`] checks what needs no node state (size, shape, version,
-//! signature, expiry). The gate adds what only this node knows: the command must name it (and
-//! this instance, when it names one), must not replay a nonce it has seen, and a command read
+//! signature, expiry, cluster). The gate adds what only this node knows: the command must name it
+//! (and this instance, when it names one), must not replay a nonce it has seen, and a command read
 //! back from the desired-state key must be meant for this instance: one issued before this
 //! process started was for its predecessor (a `drain then exit` must not drain the replacement).
+//!
+//! Judging ([`Gate::check`]) and remembering ([`Gate::remember`]) are separate steps: the worker
+//! remembers a command only once its nonce is settled in Redis (`super::nonce`), so a Redis error
+//! in between leaves the command to be judged afresh on its next delivery. Both memories are
+//! bounded, and only commands that passed every check (with a secret: correctly signed) enter
+//! them, so nothing an outsider publishes can grow them.
 
 use ebb_proto::NodeName;
 use ebb_proto::command::{self, Command, Refusal};
@@ -67,8 +73,9 @@ impl Gate {
         }
     }
 
-    /// Judges a payload received at `now_ms`.
-    pub fn check(&mut self, payload: &[u8], delivery: Delivery, now_ms: u64) -> Verdict {
+    /// Judges a payload received at `now_ms`. A command to apply is not remembered yet: call
+    /// [`Gate::remember`] once it is applied.
+    pub fn check(&self, payload: &[u8], delivery: Delivery, now_ms: u64) -> Verdict {
         let cmd = match command::decode(payload, self.secret.as_ref(), now_ms, &self.cluster) {
             Ok(cmd) => cmd,
             // Desired state outlives a signed command's short validity: an expired one is stale
@@ -121,11 +128,12 @@ impl Gate {
             _ if nonce_seen => return Verdict::Ignore("already applied"),
             _ => {}
         }
-        self.remember(&cmd, delivery, now_ms);
         Verdict::Apply(cmd)
     }
 
-    fn remember(&mut self, cmd: &Command, delivery: Delivery, now_ms: u64) {
+    /// Remembers a command as applied (its id, and its nonce until it expires), so a second
+    /// delivery is ignored or, live and signed, refused as a replay.
+    pub fn remember(&mut self, cmd: &Command, delivery: Delivery, now_ms: u64) {
         if self.applied.len() == MAX_APPLIED {
             self.applied.pop_front();
         }
@@ -181,6 +189,37 @@ mod tests {
         cmd
     }
 
+    /// Judges and, when applied, remembers: what the worker does with a fresh nonce.
+    fn admit(gate: &mut Gate, payload: &[u8], delivery: Delivery, now: u64) -> Verdict {
+        let verdict = gate.check(payload, delivery, now);
+        if let Verdict::Apply(cmd) = &verdict {
+            gate.remember(cmd, delivery, now);
+        }
+        verdict
+    }
+
+    #[test]
+    fn judging_alone_remembers_nothing() {
+        let (mut gate, _) = gate(None);
+        let payload = drain("node-a").encode(None, 0);
+        assert_eq!(
+            label(gate.check(payload.as_bytes(), Delivery::Live, NOW)),
+            "apply"
+        );
+        assert_eq!(
+            label(gate.check(payload.as_bytes(), Delivery::Live, NOW)),
+            "apply"
+        );
+        assert_eq!(
+            label(admit(&mut gate, payload.as_bytes(), Delivery::Live, NOW)),
+            "apply"
+        );
+        assert_eq!(
+            label(gate.check(payload.as_bytes(), Delivery::Live, NOW)),
+            "ignore: already applied"
+        );
+    }
+
     fn label(v: Verdict) -> String {
         match v {
             Verdict::Apply(_) => "apply".into(),
@@ -194,15 +233,15 @@ mod tests {
         let (mut gate, _) = gate(None);
         let payload = drain("node-a").encode(None, 0);
         assert_eq!(
-            label(gate.check(payload.as_bytes(), Delivery::Live, NOW)),
+            label(admit(&mut gate, payload.as_bytes(), Delivery::Live, NOW)),
             "apply"
         );
         assert_eq!(
-            label(gate.check(payload.as_bytes(), Delivery::Desired, NOW)),
+            label(admit(&mut gate, payload.as_bytes(), Delivery::Desired, NOW)),
             "ignore: already applied"
         );
         assert_eq!(
-            label(gate.check(payload.as_bytes(), Delivery::Live, NOW)),
+            label(admit(&mut gate, payload.as_bytes(), Delivery::Live, NOW)),
             "ignore: already applied"
         );
     }
@@ -212,24 +251,29 @@ mod tests {
         let (mut gate, instance) = gate(None);
         let other = drain("node-b").encode(None, 0);
         assert_eq!(
-            label(gate.check(other.as_bytes(), Delivery::Live, NOW)),
+            label(admit(&mut gate, other.as_bytes(), Delivery::Live, NOW)),
             "refuse: wrong_target"
         );
         let mut old = drain("node-a");
         old.instance = Some(Uuid::new_v4());
         let old = old.encode(None, 0);
         assert_eq!(
-            label(gate.check(old.as_bytes(), Delivery::Live, NOW)),
+            label(admit(&mut gate, old.as_bytes(), Delivery::Live, NOW)),
             "refuse: wrong_instance"
         );
         assert_eq!(
-            label(gate.check(old.as_bytes(), Delivery::Desired, NOW)),
+            label(admit(&mut gate, old.as_bytes(), Delivery::Desired, NOW)),
             "ignore: desired state for a previous instance"
         );
         let mut mine = drain("node-a");
         mine.instance = Some(instance);
         assert_eq!(
-            label(gate.check(mine.encode(None, 0).as_bytes(), Delivery::Desired, NOW)),
+            label(admit(
+                &mut gate,
+                mine.encode(None, 0).as_bytes(),
+                Delivery::Desired,
+                NOW
+            )),
             "apply"
         );
     }
@@ -240,19 +284,24 @@ mod tests {
         let mut stale = drain("node-a");
         stale.issued_at_ms = Some(NOW - 60_000);
         assert_eq!(
-            label(gate.check(stale.encode(None, 0).as_bytes(), Delivery::Desired, NOW)),
+            label(admit(
+                &mut gate,
+                stale.encode(None, 0).as_bytes(),
+                Delivery::Desired,
+                NOW
+            )),
             "ignore: desired state older than this instance"
         );
         let mut undated = drain("node-a");
         undated.issued_at_ms = None;
         let undated = undated.encode(None, 0);
         assert_eq!(
-            label(gate.check(undated.as_bytes(), Delivery::Desired, NOW)),
+            label(admit(&mut gate, undated.as_bytes(), Delivery::Desired, NOW)),
             "ignore: desired state older than this instance"
         );
         // The same command live is obeyed: it is being sent now.
         assert_eq!(
-            label(gate.check(undated.as_bytes(), Delivery::Live, NOW)),
+            label(admit(&mut gate, undated.as_bytes(), Delivery::Live, NOW)),
             "apply"
         );
     }
@@ -269,25 +318,32 @@ mod tests {
         cmd.issued_at_ms = Some(now);
         let unsigned = cmd.encode(None, 0);
         assert_eq!(
-            label(gate.check(unsigned.as_bytes(), Delivery::Live, now)),
+            label(admit(&mut gate, unsigned.as_bytes(), Delivery::Live, now)),
             "refuse: unsigned"
         );
         let signed = cmd.encode(Some(&secret()), 60_000);
         assert_eq!(
-            label(gate.check(signed.as_bytes(), Delivery::Live, now)),
+            label(admit(&mut gate, signed.as_bytes(), Delivery::Live, now)),
             "apply"
         );
         assert_eq!(
-            label(gate.check(signed.as_bytes(), Delivery::Live, now)),
+            label(admit(&mut gate, signed.as_bytes(), Delivery::Live, now)),
             "refuse: replayed"
         );
         assert_eq!(
-            label(gate.check(signed.as_bytes(), Delivery::Desired, now)),
+            label(admit(&mut gate, signed.as_bytes(), Delivery::Desired, now)),
             "ignore: already applied"
+        );
+        let mut elsewhere = cmd.clone();
+        elsewhere.cluster = Some("other".into());
+        let elsewhere = elsewhere.encode(Some(&secret()), 60_000);
+        assert_eq!(
+            label(admit(&mut gate, elsewhere.as_bytes(), Delivery::Live, now)),
+            "refuse: wrong_cluster"
         );
         let forged = cmd.encode(Some(&Secret::new("not-the-right-secret!").unwrap()), 60_000);
         assert_eq!(
-            label(gate.check(forged.as_bytes(), Delivery::Live, now)),
+            label(admit(&mut gate, forged.as_bytes(), Delivery::Live, now)),
             "refuse: bad_signature"
         );
     }
@@ -304,16 +360,21 @@ mod tests {
         cmd.issued_at_ms = Some(now);
         let signed = cmd.encode(Some(&secret()), 60_000);
         assert_eq!(
-            label(gate.check(signed.as_bytes(), Delivery::Desired, now)),
+            label(admit(&mut gate, signed.as_bytes(), Delivery::Desired, now)),
             "apply"
         );
         assert_eq!(
-            label(gate.check(signed.as_bytes(), Delivery::Live, now)),
+            label(admit(&mut gate, signed.as_bytes(), Delivery::Live, now)),
             "ignore: already applied from the desired state"
         );
         // Expired in the desired state: stale, not refused.
         assert_eq!(
-            label(gate.check(signed.as_bytes(), Delivery::Desired, now + 3_600_000)),
+            label(admit(
+                &mut gate,
+                signed.as_bytes(),
+                Delivery::Desired,
+                now + 3_600_000
+            )),
             "ignore: expired desired state"
         );
     }
@@ -331,7 +392,7 @@ mod tests {
             cmd.issued_at_ms = Some(now);
             let signed = cmd.encode(Some(&secret()), 60_000);
             assert_eq!(
-                label(gate.check(signed.as_bytes(), Delivery::Live, now)),
+                label(admit(&mut gate, signed.as_bytes(), Delivery::Live, now)),
                 "apply"
             );
         }

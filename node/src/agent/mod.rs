@@ -2,21 +2,37 @@
 //!
 //! It registers the node (a record with a TTL, refreshed by heartbeats, plus an index entry),
 //! listens for commands on the node's channel, reconciles the desired-state key on every
-//! (re)connect (pub/sub is at-most-once: a command published while the node was cut off is still
-//! obeyed when it comes back), publishes events (state changes, and connection counts while
+//! (re)subscription (pub/sub is at-most-once: a command published while the node was cut off is
+//! still obeyed when it comes back), publishes events (state changes, and connection counts while
 //! draining so the coordinator reacts in milliseconds), and deregisters on a clean exit.
 //!
 //! Redis is never on the serving path: the agent runs beside the node, and when Redis goes away
-//! it only retries (jittered exponential backoff, via backon) while the node keeps serving. A
-//! session is one pair of connections (commands + pub/sub); any error ends the session and the
-//! supervisor starts a new one, which re-registers and reconciles.
+//! it only retries (jittered exponential backoff, via backon) while the node keeps serving.
 //!
-//! Layout: `gate` (which commands to obey), `record` (atomic record writes), `session` (one
-//! connected session).
+//! Anyone who can PUBLISH can flood the command channel, so the agent is two independent halves,
+//! each its own task with its own connections and its own retry loop:
+//! - liveness (`liveness`): registration, heartbeats, state and count events, deregistration, on
+//!   a connection nothing else uses, so no amount of command traffic delays a heartbeat;
+//! - commands (`commands`): the pub/sub subscription (`inbox`: a reader that only forwards into
+//!   a bounded queue, dropping and counting what does not fit), the worker that judges each
+//!   payload (`gate`), claims signed commands' nonces in Redis (`nonce`), obeys, and reports
+//!   refusals in aggregate (`refusals`); when payloads were dropped it re-reads the desired
+//!   state, where the coordinator always writes its commands too.
+//!
+//! When either half loses Redis, only that half reconnects: a subscriber disconnected by Redis's
+//! `client-output-buffer-limit pubsub` resubscribes and reconciles while heartbeats go on.
+//!
+//! Layout: `context` (what both halves share), `liveness`, `record` (atomic record writes),
+//! `commands`, `inbox`, `gate`, `nonce`, `refusals`.
 
+mod commands;
+mod context;
 mod gate;
+mod inbox;
+mod liveness;
+mod nonce;
 mod record;
-mod session;
+mod refusals;
 
 use crate::control::Control;
 use crate::metrics::Metrics;
@@ -37,6 +53,14 @@ pub const DEFAULT_COUNT_THROTTLE: Duration = Duration::from_millis(100);
 pub const RECONNECT_MIN: Duration = Duration::from_millis(200);
 /// Longest reconnect delay.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Command-channel payloads waiting for the command worker; beyond it they are dropped (and
+/// counted), and the worker re-reads the desired state instead. At most
+/// [`ebb_proto::command::MAX_COMMAND_BYTES`] each: larger ones are refused before they queue.
+pub const COMMAND_QUEUE: usize = 256;
+/// Refusals are logged and published in aggregate, at most once per this interval.
+pub const REFUSAL_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// After payloads were dropped, the desired state is re-read at most once per this interval.
+pub const DESIRED_REREAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the agent needs to know.
 #[derive(Debug, Clone)]
@@ -91,7 +115,10 @@ pub enum AgentError {
 pub struct Agent {
     instance: Uuid,
     stop: CancellationToken,
-    task: JoinHandle<()>,
+    /// Ends after deregistering (or when stopped while disconnected).
+    liveness: JoinHandle<()>,
+    /// Ends when stopped.
+    commands: JoinHandle<()>,
 }
 
 impl Agent {
@@ -107,12 +134,21 @@ impl Agent {
         let keys = Keys::new(&config.cluster)?;
         let instance = Uuid::new_v4();
         let stop = CancellationToken::new();
-        let state = session::State::new(config, keys, instance, control, metrics, stop.clone());
-        let task = tokio::spawn(supervise(client, state));
+        let context = Arc::new(context::Context::new(
+            config,
+            keys,
+            instance,
+            control,
+            metrics,
+            stop.clone(),
+        ));
+        let liveness = tokio::spawn(liveness::supervise(client.clone(), context.clone()));
+        let commands = tokio::spawn(commands::supervise(client, context));
         Ok(Agent {
             instance,
             stop,
-            task,
+            liveness,
+            commands,
         })
     }
 
@@ -124,38 +160,57 @@ impl Agent {
     /// Deregisters (if connected) and stops, waiting at most `limit`.
     pub async fn shutdown(self, limit: Duration) {
         self.stop.cancel();
-        let mut task = self.task;
-        if tokio::time::timeout(limit, &mut task).await.is_err() {
+        let (mut liveness, mut commands) = (self.liveness, self.commands);
+        let both = async {
+            let _ = (&mut liveness).await;
+            let _ = (&mut commands).await;
+        };
+        if tokio::time::timeout(limit, both).await.is_err() {
             tracing::warn!("Redis agent did not finish deregistering in time");
-            task.abort();
+            liveness.abort();
+            commands.abort();
         }
     }
 }
 
-/// Runs sessions until stopped, backing off between failed ones.
-async fn supervise(client: redis::Client, mut state: session::State) {
-    let backoff = backon::ExponentialBuilder::default()
-        .with_min_delay(RECONNECT_MIN)
-        .with_max_delay(RECONNECT_MAX)
-        .with_jitter()
-        .without_max_times();
-    let mut delays = backoff.build();
-    loop {
-        let result = session::run(&client, &mut state).await;
-        state.metrics.redis_connected(false);
-        match result {
-            Ok(()) => return,
-            Err(error) => {
-                if state.was_connected() {
-                    delays = backoff.build();
-                }
-                let delay = delays.next().unwrap_or(RECONNECT_MAX);
-                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "Redis session ended; the node keeps serving");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = state.stop.cancelled() => return,
-                }
-            }
+/// The delays between a half's failed sessions: jittered exponential backoff, started over once
+/// a session got as far as being connected.
+#[derive(Debug)]
+struct Retry {
+    builder: backon::ExponentialBuilder,
+    delays: backon::ExponentialBackoff,
+}
+
+impl Retry {
+    fn new() -> Self {
+        let builder = backon::ExponentialBuilder::default()
+            .with_min_delay(RECONNECT_MIN)
+            .with_max_delay(RECONNECT_MAX)
+            .with_jitter()
+            .without_max_times();
+        Retry {
+            delays: builder.build(),
+            builder,
+        }
+    }
+
+    /// After a session of `half` ended with `error`: waits the next delay (from the start again
+    /// when the session had connected). `false` when stopped meanwhile.
+    async fn wait(
+        &mut self,
+        half: &'static str,
+        error: &context::SessionError,
+        had_connected: bool,
+        stop: &CancellationToken,
+    ) -> bool {
+        if had_connected {
+            self.delays = self.builder.build();
+        }
+        let delay = self.delays.next().unwrap_or(RECONNECT_MAX);
+        tracing::warn!(half, %error, retry_in_ms = delay.as_millis() as u64, "Redis session ended; the node keeps serving");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => true,
+            () = stop.cancelled() => false,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! not it owns the record, so the coordinator can see that an old instance still holds clients
 //! after its replacement took the name over.
 
+use ebb_proto::keys::MAX_CLOCK_SKEW;
 use ebb_proto::record::NodeRecord;
 use ebb_proto::sign::Secret;
 use ebb_proto::{Keys, NodeName, NodeState};
@@ -15,22 +16,36 @@ use std::sync::LazyLock;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// KEYS: record, index, own copy. ARGV: instance, started_at_ms, ttl_ms, now_ms, name, field,
-/// value, ... Returns 1 when the record was written, 0 when a newer instance owns it (the own copy
-/// is written either way).
+/// KEYS: record, index, own copy. ARGV: instance, started_at_ms, ttl_ms, now_ms, name,
+/// max_clock_skew_ms, field, value, ... Returns 1 when the record was written, 0 when a newer
+/// instance owns it (the own copy is written either way).
+///
+/// Redis is writable by others, so nothing found there is taken on trust: a value of another type
+/// at the record or index key is not a record or an index (left alone, one stray `SET` would fail
+/// every write and the node could never register again), and an owner counts as newer only if
+/// its start time is a number no later than now plus the allowed clock skew (a record claiming to
+/// start in the future is no instance's).
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local function claim(key, kind)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= kind and t ~= 'none' then redis.call('DEL', key) end
+end
 redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[3], unpack(ARGV, 6))
+redis.call('HSET', KEYS[3], unpack(ARGV, 7))
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
+claim(KEYS[1], 'hash')
+claim(KEYS[2], 'zset')
 local current = redis.call('HGET', KEYS[1], 'instance')
 if current and current ~= ARGV[1] then
-  local started = tonumber(redis.call('HGET', KEYS[1], 'started_at_ms') or '0')
-  if started > tonumber(ARGV[2]) then return 0 end
+  local started = tonumber(redis.call('HGET', KEYS[1], 'started_at_ms') or '') or 0
+  if started > tonumber(ARGV[2]) and started <= tonumber(ARGV[4]) + tonumber(ARGV[6]) then
+    return 0
+  end
   redis.call('DEL', KEYS[1])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 return 1
@@ -39,13 +54,17 @@ return 1
 });
 
 /// KEYS: record, index, own copy. ARGV: instance, name. Returns 1 when the record was removed.
+/// Keys of another type than expected are left alone.
 static REMOVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 redis.call('DEL', KEYS[3])
-if redis.call('HGET', KEYS[1], 'instance') == ARGV[1] then
+if redis.call('TYPE', KEYS[1])['ok'] == 'hash'
+    and redis.call('HGET', KEYS[1], 'instance') == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('ZREM', KEYS[2], ARGV[2])
+  if redis.call('TYPE', KEYS[2])['ok'] == 'zset' then
+    redis.call('ZREM', KEYS[2], ARGV[2])
+  end
   return 1
 end
 return 0
@@ -100,7 +119,8 @@ pub(crate) async fn write(
         .arg(record.started_at_ms)
         .arg(record.ttl_ms)
         .arg(record.updated_at_ms)
-        .arg(record.name.as_str());
+        .arg(record.name.as_str())
+        .arg(MAX_CLOCK_SKEW.as_millis() as u64);
     for (name, value) in record.to_fields(keys.cluster(), secret) {
         invocation.arg(name).arg(value);
     }

@@ -68,6 +68,10 @@ struct Args {
     /// Send the `server_shutdown` notice before closing.
     #[arg(long, env = "EBB_NOTICE", action = ArgAction::Set, default_value_t = config::DEFAULT_NOTICE)]
     notice: bool,
+    /// With the notice on, how long after it the first close comes (closes are spread over
+    /// [lead, close spread]), so what a client sent before it saw the notice is answered.
+    #[arg(long, env = "EBB_NOTICE_LEAD", default_value_t = config::DEFAULT_NOTICE_LEAD.into())]
+    notice_lead: humantime::Duration,
     /// Text of the notice.
     #[arg(long, env = "EBB_NOTICE_MESSAGE", default_value = config::DEFAULT_NOTICE_MESSAGE)]
     notice_message: String,
@@ -126,6 +130,7 @@ impl Args {
             drain: DrainConfig {
                 propagation_delay: self.propagation_delay.into(),
                 notice: self.notice,
+                notice_lead: self.notice_lead.into(),
                 notice_message: self.notice_message.clone(),
                 close_code: self.close_code,
                 close_spread: self.close_spread.into(),

@@ -212,6 +212,11 @@ fn check_version(value: &serde_json::Value) -> Result<(), Refusal> {
 fn parse_command(text: &str) -> Result<Command, Refusal> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    command_from_value(value)
+}
+
+/// A command from JSON already parsed (each payload is parsed once: garbage is cheap to refuse).
+fn command_from_value(value: serde_json::Value) -> Result<Command, Refusal> {
     if !value.is_object() {
         return Err(Refusal::Malformed("not a JSON object".to_owned()));
     }
@@ -260,7 +265,7 @@ pub fn decode(
     } else if secret.is_some() {
         return Err(Refusal::Unsigned);
     } else {
-        parse_command(text)?
+        command_from_value(value)?
     };
     if let Some(got) = &cmd.cluster
         && got != cluster

@@ -1,0 +1,266 @@
+//! The commands half of the agent: subscribe, reconcile the desired state, then judge and obey
+//! what arrives, until the subscription or the connection fails (this half alone reconnects) or
+//! the stop.
+//!
+//! The worker takes payloads from the bounded [`Inbox`] one at a time. A refusal costs a counter
+//! and, at most once per [`REFUSAL_REPORT_INTERVAL`], one log line and one event. A dropped
+//! payload could have been a genuine command, and the coordinator writes every command to the
+//! desired-state key as well as publishing it, so after drops the worker re-reads that key (at
+//! most once per [`DESIRED_REREAD_INTERVAL`]). The key is read bounded (`GETRANGE`), and a value
+//! that is too large or not a string is refused like any bad payload rather than breaking the
+//! session.
+
+use super::context::{Context, Half, SessionError};
+use super::gate::{Delivery, Gate, Verdict};
+use super::inbox::{Inbound, Inbox};
+use super::refusals::Refusals;
+use super::{DESIRED_REREAD_INTERVAL, REFUSAL_REPORT_INTERVAL, Retry, nonce};
+use crate::control::DrainRequest;
+use ebb_proto::EventKind;
+use ebb_proto::command::{Action, Command, MAX_COMMAND_BYTES, Refusal};
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{Instant, sleep_until};
+
+/// What outlives a commands session.
+#[derive(Debug)]
+struct State {
+    gate: Gate,
+    refusals: Refusals,
+    /// Whether the current session got as far as subscribing (resets the backoff).
+    connected: bool,
+}
+
+/// Runs commands sessions until stopped, backing off between failed ones.
+pub(crate) async fn supervise(client: redis::Client, cx: Arc<Context>) {
+    let mut state = State {
+        gate: Gate::new(
+            cx.keys.cluster().to_owned(),
+            cx.identity.name.clone(),
+            cx.identity.instance,
+            cx.identity.started_at_ms,
+            cx.config.secret.clone(),
+        ),
+        refusals: Refusals::new(REFUSAL_REPORT_INTERVAL),
+        connected: false,
+    };
+    let mut retry = Retry::new();
+    loop {
+        let result = run(&client, &cx, &mut state).await;
+        cx.set_connected(Half::Commands, false);
+        let error = match result {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        if !retry
+            .wait("commands", &error, state.connected, &cx.stop)
+            .await
+        {
+            return;
+        }
+    }
+}
+
+/// One session. `Ok` only after a requested stop.
+async fn run(client: &redis::Client, cx: &Context, st: &mut State) -> Result<(), SessionError> {
+    st.connected = false;
+    let conn = cx.connect(client).await?;
+    let channel = cx.keys.commands(&cx.identity.name);
+    let inbox = Inbox::subscribe(
+        client,
+        &channel,
+        cx.metrics.clone(),
+        cx.config.heartbeat,
+        cx.config.redis_timeout,
+    )
+    .await?;
+    st.connected = true;
+    cx.set_connected(Half::Commands, true);
+    cx.listening.cancel();
+    tracing::info!(%channel, "listening for commands");
+    let mut worker = Worker {
+        cx,
+        conn,
+        st,
+        inbox,
+        reread_at: None,
+        last_read: Instant::now(),
+        drops_seen: 0,
+    };
+    // Pub/sub is at-most-once: obey what was decided while we were not subscribed.
+    worker.reconcile().await?;
+    worker.serve().await
+}
+
+/// One session's command loop.
+struct Worker<'a> {
+    cx: &'a Context,
+    conn: MultiplexedConnection,
+    st: &'a mut State,
+    inbox: Inbox,
+    /// When the desired state is to be read again (after drops).
+    reread_at: Option<Instant>,
+    last_read: Instant,
+    /// Drops already answered by a re-read.
+    drops_seen: u64,
+}
+
+/// What the desired-state key holds.
+enum Desired {
+    Absent,
+    Payload(Vec<u8>),
+    Refused(Refusal),
+}
+
+impl Worker<'_> {
+    async fn serve(&mut self) -> Result<(), SessionError> {
+        // Made once: registering a fresh waiter for every payload of a flood would cost locks.
+        let cx = self.cx;
+        let mut stop = std::pin::pin!(cx.stop.cancelled());
+        loop {
+            let report_at = self.st.refusals.due();
+            tokio::select! {
+                biased;
+                () = &mut stop => return Ok(()),
+                () = sleep_until(report_at.unwrap_or_else(Instant::now)), if report_at.is_some() => {
+                    self.report().await?;
+                }
+                () = sleep_until(self.reread_at.unwrap_or_else(Instant::now)), if self.reread_at.is_some() => {
+                    self.reconcile().await?;
+                }
+                inbound = self.inbox.next() => {
+                    match inbound? {
+                        Inbound::Payload(payload) => self.judge(&payload, Delivery::Live).await?,
+                        Inbound::TooLarge(len) => self.refuse(Refusal::TooLarge(len)).await?,
+                    }
+                    self.after_drops();
+                }
+            }
+        }
+    }
+
+    /// Schedules a re-read of the desired state when payloads were dropped since the last one.
+    fn after_drops(&mut self) {
+        if self.reread_at.is_none() && self.inbox.dropped() > self.drops_seen {
+            self.reread_at = Some((self.last_read + DESIRED_REREAD_INTERVAL).max(Instant::now()));
+        }
+    }
+
+    /// Reads the desired state and obeys it if it is meant for this instance and not yet applied.
+    async fn reconcile(&mut self) -> Result<(), SessionError> {
+        let dropped = self.inbox.dropped();
+        if dropped > self.drops_seen {
+            tracing::warn!(
+                dropped = dropped - self.drops_seen,
+                "command queue full: payloads dropped unread; re-reading the desired state"
+            );
+        }
+        self.drops_seen = dropped;
+        self.reread_at = None;
+        self.last_read = Instant::now();
+        match read_desired(&mut self.conn, self.cx).await? {
+            Desired::Absent => Ok(()),
+            Desired::Payload(payload) => self.judge(&payload, Delivery::Desired).await,
+            Desired::Refused(refusal) => self.refuse(refusal).await,
+        }
+    }
+
+    async fn judge(&mut self, payload: &[u8], delivery: Delivery) -> Result<(), SessionError> {
+        let now_ms = ebb_proto::time::now_ms();
+        match self.st.gate.check(payload, delivery, now_ms) {
+            Verdict::Apply(cmd) => self.apply(cmd, delivery, now_ms).await,
+            Verdict::Ignore(why) => {
+                tracing::trace!(why, ?delivery, "command ignored");
+                Ok(())
+            }
+            Verdict::Refuse(refusal) => self.refuse(refusal).await,
+        }
+    }
+
+    /// Obeys a command the gate let through, once its nonce (if it is signed) is settled.
+    async fn apply(
+        &mut self,
+        cmd: Command,
+        delivery: Delivery,
+        now_ms: u64,
+    ) -> Result<(), SessionError> {
+        let first_use = match (&self.cx.config.secret, &cmd.nonce) {
+            (Some(_), Some(n)) => {
+                nonce::claim(&mut self.conn, &self.cx.keys, n, cmd.expires_at_ms, now_ms).await?
+            }
+            _ => true,
+        };
+        // Remembered either way: a replay of a nonce taken in Redis is then refused for free.
+        self.st.gate.remember(&cmd, delivery, now_ms);
+        if !first_use {
+            return match delivery {
+                Delivery::Live => self.refuse(Refusal::Replayed).await,
+                // The same command, read back after another instance applied it.
+                Delivery::Desired => Ok(()),
+            };
+        }
+        let action = cmd.action.name();
+        tracing::info!(id = %cmd.id, action, ?delivery, "command accepted");
+        match &cmd.action {
+            Action::Drain(drain) => self.cx.control.drain(DrainRequest {
+                then: drain.then,
+                deadline: drain.deadline_ms.map(Duration::from_millis),
+                trigger: format!("command {}", cmd.id),
+            }),
+            Action::Resume(_) => self.cx.control.resume(),
+        }
+        self.cx.metrics.command_applied(action);
+        let applied = EventKind::CommandApplied {
+            command_id: cmd.id,
+            action: action.to_owned(),
+        };
+        self.cx.publish(&mut self.conn, applied).await
+    }
+
+    /// Counts a refusal; reports it at once when none was reported for an interval.
+    async fn refuse(&mut self, refusal: Refusal) -> Result<(), SessionError> {
+        self.cx.metrics.command_refused(refusal.label());
+        if self.st.refusals.add(refusal, Instant::now()) {
+            self.report().await?;
+        }
+        Ok(())
+    }
+
+    /// One log line and one event for every refusal not yet reported.
+    async fn report(&mut self) -> Result<(), SessionError> {
+        let Some(report) = self.st.refusals.take(Instant::now()) else {
+            return Ok(());
+        };
+        tracing::warn!(
+            refused = report.total,
+            reasons = %report.describe(),
+            latest = %report.latest,
+            "commands refused"
+        );
+        self.cx.publish(&mut self.conn, report.event()).await
+    }
+}
+
+/// Reads at most [`MAX_COMMAND_BYTES`] + 1 bytes of the desired-state key: whatever is stored
+/// there, only that much crosses the network.
+async fn read_desired(
+    conn: &mut MultiplexedConnection,
+    cx: &Context,
+) -> Result<Desired, SessionError> {
+    let key = cx.keys.desired(&cx.identity.name);
+    let read: redis::RedisResult<Vec<u8>> = conn.getrange(key, 0, MAX_COMMAND_BYTES as isize).await;
+    match read {
+        // GETRANGE answers a missing key with an empty string; empty is no command either way.
+        Ok(payload) if payload.is_empty() => Ok(Desired::Absent),
+        Ok(payload) if payload.len() > MAX_COMMAND_BYTES => {
+            Ok(Desired::Refused(Refusal::TooLarge(payload.len())))
+        }
+        Ok(payload) => Ok(Desired::Payload(payload)),
+        Err(error) if error.code() == Some("WRONGTYPE") => Ok(Desired::Refused(
+            Refusal::Malformed("the desired-state key does not hold a string".to_owned()),
+        )),
+        Err(error) => Err(error.into()),
+    }
+}
