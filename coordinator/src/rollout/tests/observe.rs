@@ -90,6 +90,8 @@ fn events_about_unknown_nodes_or_instances_are_not_kept() {
             EventKind::CommandRefused {
                 reason: "x".repeat(10_000),
                 command_id: None,
+                count: None,
+                reasons: Default::default(),
             },
         ));
     }
@@ -101,6 +103,8 @@ fn events_about_unknown_nodes_or_instances_are_not_kept() {
         EventKind::CommandRefused {
             reason: "x".repeat(10_000),
             command_id: None,
+            count: None,
+            reasons: Default::default(),
         },
     ));
     assert_eq!(obs.refused[&n("a")].len(), 64, "bounded");
