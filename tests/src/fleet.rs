@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use nix::sys::signal::Signal;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -20,6 +20,8 @@ pub struct Supervised {
     pub name: String,
     /// Start it again when it exits.
     restart: Arc<AtomicBool>,
+    /// How long the supervisor waits before starting it again, in ms.
+    restart_delay_ms: Arc<AtomicU64>,
     pid: Arc<AtomicU32>,
     starts: Arc<AtomicUsize>,
     addr: watch::Receiver<Option<SocketAddr>>,
@@ -30,6 +32,7 @@ impl Supervised {
     /// Starts `ebb-node --name <name> <args>` and keeps it running.
     pub async fn start(name: &str, args: Vec<String>) -> Supervised {
         let restart = Arc::new(AtomicBool::new(true));
+        let restart_delay_ms = Arc::new(AtomicU64::new(0));
         let pid = Arc::new(AtomicU32::new(0));
         let starts = Arc::new(AtomicUsize::new(0));
         let (addr_tx, mut addr) = watch::channel(None);
@@ -37,6 +40,7 @@ impl Supervised {
         all.extend(args);
         let task = tokio::spawn({
             let (restart, pid, starts) = (restart.clone(), pid.clone(), starts.clone());
+            let delay = restart_delay_ms.clone();
             async move {
                 let mut listen: Option<SocketAddr> = None;
                 loop {
@@ -57,6 +61,8 @@ impl Supervised {
                     if !restart.load(Ordering::SeqCst) {
                         return;
                     }
+                    let delay = delay.load(Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
                 }
             }
         });
@@ -66,6 +72,7 @@ impl Supervised {
         Supervised {
             name: name.to_owned(),
             restart,
+            restart_delay_ms,
             pid,
             starts,
             addr,
@@ -76,6 +83,22 @@ impl Supervised {
     /// Whether an exit is followed by a new start.
     pub fn set_restart(&self, restart: bool) {
         self.restart.store(restart, Ordering::SeqCst);
+    }
+
+    /// How long to wait after an exit before starting it again (a slow supervisor).
+    pub fn set_restart_delay(&self, delay: Duration) {
+        self.restart_delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// The running process's pid.
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::SeqCst)
+    }
+
+    /// The running process's address, or `None` while it is down.
+    pub fn current_addr(&self) -> Option<SocketAddr> {
+        *self.addr.borrow()
     }
 
     /// The running process's address (waits while it restarts).

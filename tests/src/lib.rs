@@ -11,9 +11,11 @@
 //! - [`ws`]: WebSocket clients: a well-behaved one (tokio-tungstenite) and a raw one that speaks
 //!   the protocol by hand so it can misbehave (never answer a Close or a ping);
 //! - [`fleet`]: a cluster of supervised nodes in Redis, the `ebb` CLI, and the event log;
+//! - [`readiness`]: every node's `/health` sampled through a rollout, as a load balancer sees it;
 //! - [`redis`]: Redis in a container (testcontainers, from the locally built image);
 //! - [`containers`]: Redis and supervised `ebb-node` containers on a per-test Docker network,
 //!   with faults to inject (kill, pause, Redis stop/start, cutting a node off from Redis);
+//! - [`traffic`]: live reconnecting clients through a rollout, and what they lost (nothing);
 //! - [`eventually`]: poll a condition until it holds, instead of sleeping.
 
 pub mod bench;
@@ -25,7 +27,9 @@ pub mod hostile;
 pub mod http;
 pub mod process;
 pub mod procfs;
+pub mod readiness;
 pub mod redis;
+pub mod traffic;
 pub mod ws;
 
 pub use eventually::eventually;

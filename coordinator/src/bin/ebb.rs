@@ -119,8 +119,8 @@ struct RollingArgs {
     /// Discard an unfinished rollout and start a new one.
     #[arg(long)]
     fresh: bool,
-    /// Only these nodes, in this order (comma-separated).
-    #[arg(long, value_delimiter = ',')]
+    /// Only these nodes, in this order (comma-separated). A resumed rollout keeps its plan.
+    #[arg(long, value_delimiter = ',', conflicts_with = "resume")]
     nodes: Option<Vec<NodeName>>,
     /// Nodes out of service because of the rollout at once: a count, or a percentage of the
     /// plan (at least one) [default: 1].
