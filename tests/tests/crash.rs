@@ -406,3 +406,87 @@ async fn a_corrupted_saved_state_is_refused_with_a_way_out() {
     .await;
     assert_eq!(code, 0, "{stdout} {logs:?}");
 }
+
+#[tokio::test]
+async fn a_coordinator_that_lost_its_lock_writes_nothing_more() {
+    let redis = Redis::run().await;
+    let args = node_args(redis.url(), CLUSTER, &["--close-spread", "2s"]);
+    let mut nodes = Vec::new();
+    let mut urls = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let node = Supervised::start(name, args.clone()).await;
+        urls.push(node.ws_url().await);
+        nodes.push(node);
+    }
+    wait_active(&redis, 3).await;
+    let traffic = Traffic::start(&urls, 20);
+    let mut first = ebb_spawn(
+        redis.url(),
+        CLUSTER,
+        &["rolling-restart", "--json", "--lock-ttl", LOCK_TTL],
+    );
+    eventually("draining", SECS(30), || async {
+        saved_phases(&redis).await.iter().any(|p| p == "draining").then_some(())
+    })
+    .await;
+    // As if this coordinator stalled past its lock's expiry and another took over and saved.
+    let mut c = redis.connection().await;
+    let _: () = c.set(keys().rollout_lock(), "someone-else").await.unwrap();
+    let theirs = r#"{"successor":"state"}"#;
+    let _: () = c.set(keys().rollout_state(), theirs).await.unwrap();
+    let (status, stdout) = first.wait_with_output(SECS(30)).await;
+    let report = report_of(&stdout.join("\n"));
+    assert_eq!(status.code(), Some(1), "{report}");
+    assert!(report["reason"].as_str().unwrap().contains("lock was lost"), "{report}");
+    let state: Option<String> = c.get(keys().rollout_state()).await.unwrap();
+    assert_eq!(state.as_deref(), Some(theirs), "the successor's state is not overwritten");
+    let lock: Option<String> = c.get(keys().rollout_lock()).await.unwrap();
+    assert_eq!(lock.as_deref(), Some("someone-else"), "nor its lock released");
+    // It sent no drain after: n2 and n3 were never touched.
+    for name in ["n2", "n3"] {
+        let r: std::collections::HashMap<String, String> =
+            c.hgetall(keys().node(&node_name(name))).await.unwrap();
+        assert_eq!(r["state"], "active", "{name}");
+    }
+    traffic.finish(SECS(20)).await.assert_nothing_lost();
+}
+
+#[tokio::test]
+async fn a_resume_under_other_rules_is_refused_naming_them() {
+    let redis = Redis::run().await;
+    let args = node_args(redis.url(), CLUSTER, &["--close-spread", "2s"]);
+    let mut urls = Vec::new();
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2"] {
+        let node = Supervised::start(name, args.clone()).await;
+        urls.push(node.ws_url().await);
+        nodes.push(node);
+    }
+    wait_active(&redis, 2).await;
+    let traffic = Traffic::start(&urls, 10);
+    let mut first = ebb_spawn(
+        redis.url(),
+        CLUSTER,
+        &["rolling-restart", "--lock-ttl", LOCK_TTL, "--settle", "1s"],
+    );
+    eventually("draining", SECS(30), || async {
+        saved_phases(&redis).await.iter().any(|p| p == "draining").then_some(())
+    })
+    .await;
+    first.signal(Signal::SIGKILL);
+    first.wait(SECS(5)).await;
+    let resume = ["rolling-restart", "--resume", "--json", "--lock-ttl", LOCK_TTL];
+    for other in [["--settle", "5s"], ["--max-parallel", "2"], ["--exec", "true"]] {
+        let args: Vec<&str> = resume.iter().chain(other.iter()).copied().collect();
+        let (code, stdout, _) = ebb(redis.url(), CLUSTER, &args, SECS(30)).await;
+        let report = report_of(&stdout);
+        assert_eq!(code, 1, "{report}");
+        let reason = report["reason"].as_str().unwrap();
+        assert!(reason.contains(other[0]), "{reason}");
+    }
+    // The same rule as saved is no conflict; no rule at all keeps the saved ones.
+    let args: Vec<&str> = resume.iter().copied().chain(["--settle", "1s"]).collect();
+    let (code, stdout, logs) = ebb(redis.url(), CLUSTER, &args, SECS(60)).await;
+    assert_eq!(code, 0, "{stdout} {logs:?}");
+    traffic.finish(SECS(20)).await.assert_nothing_lost();
+}
