@@ -138,6 +138,7 @@ async fn admin_drain<A: App>(
     let args = ebb_proto::command::Drain {
         then: query.then,
         deadline_ms: query.deadline_ms,
+        targets: Vec::new(),
     };
     if let Err(problem) = args.validate() {
         return (StatusCode::BAD_REQUEST, problem).into_response();

@@ -36,6 +36,9 @@ pub struct CloseReason {
     pub reason: String,
     /// How long the client should wait before reconnecting, in milliseconds.
     pub retry_after_ms: u64,
+    /// Where the client should reconnect (a node the coordinator chose), when the node was told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconnect_to: Option<String>,
 }
 
 impl CloseReason {
@@ -44,13 +47,25 @@ impl CloseReason {
         CloseReason {
             reason: "draining".to_owned(),
             retry_after_ms,
+            reconnect_to: None,
         }
     }
 
-    /// The JSON text sent in the Close frame; the `reason` word is cut so it always fits
-    /// [`MAX_REASON_LEN`].
+    /// The same, sending the client to `url` (dropped at encoding if it does not fit).
+    pub fn to(mut self, url: Option<String>) -> Self {
+        self.reconnect_to = url;
+        self
+    }
+
+    /// The JSON text sent in the Close frame, at most [`MAX_REASON_LEN`] bytes: a
+    /// `reconnect_to` that does not fit is dropped (never cut), then the `reason` word is cut.
     pub fn encode(&self) -> String {
         let mut reason = self.clone();
+        if reason.reconnect_to.is_some()
+            && serde_json::to_string(&reason).map_or(0, |t| t.len()) > MAX_REASON_LEN
+        {
+            reason.reconnect_to = None;
+        }
         loop {
             let text = serde_json::to_string(&reason).expect("a close reason always serializes");
             if text.len() <= MAX_REASON_LEN || reason.reason.is_empty() {
@@ -91,9 +106,26 @@ mod tests {
         let reason = CloseReason {
             reason: "é".repeat(200),
             retry_after_ms: u64::MAX,
+            reconnect_to: None,
         };
         let text = reason.encode();
         assert!(text.len() <= MAX_REASON_LEN, "{} bytes", text.len());
         assert_eq!(CloseReason::decode(&text).unwrap().retry_after_ms, u64::MAX);
+    }
+
+    #[test]
+    fn a_target_that_does_not_fit_is_dropped_not_cut() {
+        let url = "ws://ebb-node-12.ebb-node.default.svc:8080/ws".to_owned();
+        let reason = CloseReason::draining(2350).to(Some(url.clone()));
+        let text = reason.encode();
+        assert!(text.len() <= MAX_REASON_LEN, "{text}");
+        assert_eq!(CloseReason::decode(&text).unwrap().reconnect_to, Some(url));
+        let long = format!("ws://{}/ws", "n".repeat(100));
+        let text = CloseReason::draining(u64::MAX).to(Some(long)).encode();
+        let back = CloseReason::decode(&text).unwrap();
+        assert_eq!(
+            (back.reconnect_to, back.reason.as_str()),
+            (None, "draining")
+        );
     }
 }

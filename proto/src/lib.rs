@@ -13,6 +13,7 @@
 //! - [`close`]: WebSocket close codes and the close reason that carries a reconnect hint;
 //! - [`notice`]: the seed article's `server_shutdown` text notice;
 //! - [`sign`]: HMAC-SHA256 signing and the signed envelope, per domain;
+//! - [`target`]: reconnect targets a drain or shed hands its clients;
 //! - [`time`]: wall-clock milliseconds, the unit every timestamp on the wire uses.
 
 pub mod close;
@@ -24,6 +25,7 @@ pub mod notice;
 pub mod record;
 pub mod sign;
 pub mod state;
+pub mod target;
 pub mod time;
 
 pub use close::CloseReason;

@@ -23,6 +23,13 @@ pub struct ShutdownNotice {
     pub reconnect_in: u64,
     /// When the notice was sent, ms since the epoch.
     pub timestamp: u64,
+    /// Where to reconnect (the same target the Close reason will carry), when there is one.
+    #[serde(
+        rename = "reconnectTo",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reconnect_to: Option<String>,
 }
 
 impl ShutdownNotice {
@@ -33,6 +40,7 @@ impl ShutdownNotice {
             message: message.into(),
             reconnect_in,
             timestamp,
+            reconnect_to: None,
         }
     }
 

@@ -611,6 +611,7 @@ async fn a_signed_command_is_not_obeyed_again_after_a_restart_nor_in_another_clu
         ebb_proto::command::Action::Drain(ebb_proto::command::Drain {
             then: ebb_proto::command::Then::Stay,
             deadline_ms: None,
+            targets: Vec::new(),
         }),
     )
     .encode(Some(&key), 60_000);

@@ -538,6 +538,7 @@ async fn garbage_on_the_command_channels_is_refused_counted_and_every_node_keeps
         Action::Drain(Drain {
             then: Then::Exit,
             deadline_ms: None,
+            targets: Vec::new(),
         })
     };
     for (i, node) in fleet.nodes().iter().enumerate() {

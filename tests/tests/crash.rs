@@ -426,7 +426,11 @@ async fn a_coordinator_that_lost_its_lock_writes_nothing_more() {
         &["rolling-restart", "--json", "--lock-ttl", LOCK_TTL],
     );
     eventually("draining", SECS(30), || async {
-        saved_phases(&redis).await.iter().any(|p| p == "draining").then_some(())
+        saved_phases(&redis)
+            .await
+            .iter()
+            .any(|p| p == "draining")
+            .then_some(())
     })
     .await;
     // As if this coordinator stalled past its lock's expiry and another took over and saved.
@@ -437,11 +441,22 @@ async fn a_coordinator_that_lost_its_lock_writes_nothing_more() {
     let (status, stdout) = first.wait_with_output(SECS(30)).await;
     let report = report_of(&stdout.join("\n"));
     assert_eq!(status.code(), Some(1), "{report}");
-    assert!(report["reason"].as_str().unwrap().contains("lock was lost"), "{report}");
+    assert!(
+        report["reason"].as_str().unwrap().contains("lock was lost"),
+        "{report}"
+    );
     let state: Option<String> = c.get(keys().rollout_state()).await.unwrap();
-    assert_eq!(state.as_deref(), Some(theirs), "the successor's state is not overwritten");
+    assert_eq!(
+        state.as_deref(),
+        Some(theirs),
+        "the successor's state is not overwritten"
+    );
     let lock: Option<String> = c.get(keys().rollout_lock()).await.unwrap();
-    assert_eq!(lock.as_deref(), Some("someone-else"), "nor its lock released");
+    assert_eq!(
+        lock.as_deref(),
+        Some("someone-else"),
+        "nor its lock released"
+    );
     // It sent no drain after: n2 and n3 were never touched.
     for name in ["n2", "n3"] {
         let r: std::collections::HashMap<String, String> =
@@ -470,13 +485,27 @@ async fn a_resume_under_other_rules_is_refused_naming_them() {
         &["rolling-restart", "--lock-ttl", LOCK_TTL, "--settle", "1s"],
     );
     eventually("draining", SECS(30), || async {
-        saved_phases(&redis).await.iter().any(|p| p == "draining").then_some(())
+        saved_phases(&redis)
+            .await
+            .iter()
+            .any(|p| p == "draining")
+            .then_some(())
     })
     .await;
     first.signal(Signal::SIGKILL);
     first.wait(SECS(5)).await;
-    let resume = ["rolling-restart", "--resume", "--json", "--lock-ttl", LOCK_TTL];
-    for other in [["--settle", "5s"], ["--max-parallel", "2"], ["--exec", "true"]] {
+    let resume = [
+        "rolling-restart",
+        "--resume",
+        "--json",
+        "--lock-ttl",
+        LOCK_TTL,
+    ];
+    for other in [
+        ["--settle", "5s"],
+        ["--max-parallel", "2"],
+        ["--exec", "true"],
+    ] {
         let args: Vec<&str> = resume.iter().chain(other.iter()).copied().collect();
         let (code, stdout, _) = ebb(redis.url(), CLUSTER, &args, SECS(30)).await;
         let report = report_of(&stdout);

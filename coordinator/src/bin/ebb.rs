@@ -263,6 +263,7 @@ fn main() -> ExitCode {
                     Action::Drain(Drain {
                         then: then.into(),
                         deadline_ms: None,
+                        targets: Vec::new(),
                     }),
                 ),
                 SignAction::Resume { name } => {

@@ -21,6 +21,7 @@ pub async fn run(target: &Target, args: Args) -> Result<Outcome, Error> {
     let drain = Drain {
         then: args.then,
         deadline_ms: args.deadline.map(|d| d.as_millis() as u64),
+        targets: Vec::new(),
     };
     drain
         .validate()

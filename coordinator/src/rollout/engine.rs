@@ -335,6 +335,7 @@ impl<C: Io> Engine<C> {
                     Then::Exit
                 },
                 deadline_ms: None,
+                targets: Vec::new(),
             }),
         );
         cmd.id = command_id;

@@ -210,6 +210,7 @@ impl Worker<'_> {
                 trigger: format!("command {}", cmd.id),
             }),
             Action::Resume(_) => self.cx.control.resume(),
+            Action::Shed(_) => tracing::warn!(id = %cmd.id, "shed is not supported by this node"),
         }
         self.cx.metrics.command_applied(action);
         let applied = EventKind::CommandApplied {

@@ -1,5 +1,6 @@
 //! `drain`: flip readiness, close every connection paced, then exit or stay drained.
 
+use crate::target::{self, Target};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -54,17 +55,21 @@ pub struct Drain {
     /// Overrides the node's drain deadline, in ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// Where the clients should go, in proportion ([`crate::target`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<Target>,
 }
 
 impl Drain {
     /// Checks the arguments (also used by the admin endpoint and the CLI, so every way in agrees).
     pub fn validate(&self) -> Result<(), String> {
         match self.deadline_ms {
-            Some(0) => Err("deadline_ms must be positive".to_owned()),
+            Some(0) => return Err("deadline_ms must be positive".to_owned()),
             Some(ms) if ms > MAX_DEADLINE_MS => {
-                Err(format!("deadline_ms must be at most {MAX_DEADLINE_MS}"))
+                return Err(format!("deadline_ms must be at most {MAX_DEADLINE_MS}"));
             }
-            _ => Ok(()),
+            _ => {}
         }
+        target::validate(&self.targets)
     }
 }

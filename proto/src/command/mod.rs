@@ -18,9 +18,11 @@
 
 pub mod drain;
 pub mod resume;
+pub mod shed;
 
 pub use drain::{Drain, Then};
 pub use resume::Resume;
+pub use shed::Shed;
 
 use crate::keys::{MAX_NONCE_LEN, validate_name};
 use crate::name::NodeName;
@@ -70,14 +72,16 @@ pub struct Command {
 pub enum Action {
     Drain(Drain),
     Resume(Resume),
+    Shed(Shed),
 }
 
 impl Action {
-    /// `drain` or `resume`.
+    /// `drain`, `resume` or `shed`.
     pub fn name(&self) -> &'static str {
         match self {
             Action::Drain(_) => "drain",
             Action::Resume(_) => "resume",
+            Action::Shed(_) => "shed",
         }
     }
 
@@ -85,6 +89,7 @@ impl Action {
         match self {
             Action::Drain(drain) => drain.validate(),
             Action::Resume(resume) => resume.validate(),
+            Action::Shed(shed) => shed.validate(),
         }
     }
 }
@@ -305,6 +310,7 @@ mod tests {
             Action::Drain(Drain {
                 then: Then::Stay,
                 deadline_ms: Some(5000),
+                targets: Vec::new(),
             }),
         );
         cmd.instance = Some(Uuid::new_v4());
