@@ -15,6 +15,7 @@
 use crate::lock::Lock;
 use crate::rollout::io::{Io, Snapshot};
 use ebb_proto::command::Command;
+use ebb_proto::control::Control;
 use ebb_proto::sign::Secret;
 use ebb_proto::{Event, EventRefusal, Keys, NodeName, NodeRecord};
 use futures_util::StreamExt;
@@ -417,9 +418,29 @@ impl Io for Cluster {
         Ok(lock.save(&mut self.conn, &key, json).await?)
     }
 
+    async fn control(&mut self) -> Result<Option<Control>, ClusterError> {
+        let value: Option<Vec<u8>> = self.conn.get(self.keys.rollout_control()).await?;
+        let Some(value) = value else { return Ok(None) };
+        match Control::decode(&value, self.secret.as_ref()) {
+            Ok(control) => Ok(Some(control)),
+            Err(error) => {
+                tracing::warn!(%error, "ignoring the rollout's control value");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn set_control(&mut self, lock: &Lock, control: &Control) -> Result<bool, ClusterError> {
+        let key = self.keys.rollout_control();
+        let value = control.encode(self.secret.as_ref());
+        Ok(lock.save(&mut self.conn, &key, &value).await?)
+    }
+
     async fn clear_state(&mut self, lock: &Lock) -> Result<(), ClusterError> {
-        let key = self.keys.rollout_state();
-        Ok(lock.clear(&mut self.conn, &key).await?)
+        for key in [self.keys.rollout_state(), self.keys.rollout_control()] {
+            lock.clear(&mut self.conn, &key).await?;
+        }
+        Ok(())
     }
 
     async fn renew(&mut self, lock: &Lock) -> Result<bool, ClusterError> {

@@ -1,21 +1,43 @@
-//! `--exec`: a command run per node after its drain, for supervisors that do not restart a
-//! process that exits (`systemctl restart ebb-node@{name}`, `kubectl delete pod {name}`).
+//! Operator commands the rollout runs: `--exec`, after each drain, for supervisors that do not
+//! restart a process that exits (`systemctl restart ebb-node@{name}`, `kubectl delete pod
+//! {name}`); and `--check`, a gate once each replacement is ready (`curl -fsS {url}/health`).
 //!
 //! The template is the operator's and runs with `sh -c`; what is substituted into it comes from
-//! Redis. A [`NodeName`] can only hold `[A-Za-z0-9._-]`, and each substitution is shell-quoted
-//! besides, so no record can put a shell word of its own into the command line.
+//! Redis. A [`ebb_proto::NodeName`] can only hold `[A-Za-z0-9._-]` and a URL only printable ASCII,
+//! and each substitution is shell-quoted besides, in one pass (a value is never scanned for
+//! placeholders), so no record can put a shell word of its own into the command line.
 
-use ebb_proto::NodeName;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
-/// Substitutes `{name}` and `{instance}` in `template`, each as one shell-quoted word.
-pub fn render(template: &str, name: &NodeName, instance: Option<uuid::Uuid>) -> String {
-    let instance = instance.map(|i| i.to_string()).unwrap_or_default();
-    template
-        .replace("{name}", &quote(name.as_str()))
-        .replace("{instance}", &quote(&instance))
+/// Substitutes each `{key}` of `vars` in `template` by its value as one shell-quoted word, in one
+/// pass; unknown placeholders stay as they are.
+pub fn render(template: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open..];
+        let known = vars.iter().find(|(key, _)| {
+            after
+                .strip_prefix('{')
+                .and_then(|a| a.strip_prefix(key))
+                .is_some_and(|a| a.starts_with('}'))
+        });
+        match known {
+            Some((key, value)) => {
+                out.push_str(&quote(value));
+                rest = &after[key.len() + 2..];
+            }
+            None => {
+                out.push('{');
+                rest = &after[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// One shell word for `value` (quoted only when it needs it).
@@ -77,18 +99,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_placeholders() {
-        let name = NodeName::parse("a").unwrap();
-        let instance = uuid::Uuid::nil();
+    fn renders_placeholders_in_one_pass() {
+        let instance = uuid::Uuid::nil().to_string();
+        let vars = [("name", "a"), ("instance", instance.as_str())];
         assert_eq!(
-            render(
-                "systemctl restart ebb-node@{name} # {instance}",
-                &name,
-                Some(instance)
-            ),
+            render("systemctl restart ebb-node@{name} # {instance}", &vars),
             format!("systemctl restart ebb-node@a # {instance}")
         );
-        assert_eq!(render("x {instance}", &name, None), "x ''");
+        assert_eq!(
+            render("x {instance} {other} {", &[("instance", "")]),
+            "x '' {other} {"
+        );
+        // A value holding a placeholder is not expanded again.
+        let vars = [("url", "ws://x/{name}"), ("name", "n1")];
+        assert_eq!(
+            render("curl {url} {name}", &vars),
+            "curl 'ws://x/{name}' n1"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! | [`Keys::nonce`] `ebb:{c}:nonce:<nonce>` | string, `SET NX PX` until the command expires | node (on applying a signed command) | node (replay check) |
 //! | [`Keys::events`] `ebb:{c}:events` | pub/sub channel of [`crate::event`] JSON | node | coordinator |
 //! | [`Keys::rollout_lock`] `ebb:{c}:rollout:lock` | string: holder token, PX expiry [`ROLLOUT_LOCK_TTL`] | coordinator | coordinator |
+//! | [`Keys::rollout_control`] `ebb:{c}:rollout:control` | string: [`crate::control`] JSON (sealed with a secret) | `ebb rollout`, CI, coordinator (`--pause-after`) | coordinator (every tick) |
 //! | [`Keys::rollout_state`] `ebb:{c}:rollout:state` | string: JSON rollout progress, for `--resume` | coordinator | coordinator |
 
 pub use crate::name::{MAX_NAME_LEN, NameError, NodeName, validate_name};
@@ -103,6 +104,12 @@ impl Keys {
         format!("{}rollout:lock", self.prefix)
     }
 
+    /// `ebb:{c}:rollout:control`: the mode the running rollout should be in
+    /// ([`crate::control`]).
+    pub fn rollout_control(&self) -> String {
+        format!("{}rollout:control", self.prefix)
+    }
+
     /// `ebb:{c}:rollout:state`: progress of the current rollout, for `--resume`.
     pub fn rollout_state(&self) -> String {
         format!("{}rollout:state", self.prefix)
@@ -127,6 +134,7 @@ mod tests {
             keys.events(),
             keys.rollout_lock(),
             keys.rollout_state(),
+            keys.rollout_control(),
         ] {
             assert!(key.starts_with("ebb:{prod-eu}:"), "{key}");
         }

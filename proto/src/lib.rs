@@ -9,6 +9,7 @@
 //! - [`state`]: the node lifecycle states as stored and published;
 //! - [`record`]: the node record hash a node writes and the coordinator reads;
 //! - [`command`]: drain / resume commands, their validation, signing envelope and refusals;
+//! - [`control`]: pause, continue or abort a running rollout from anywhere;
 //! - [`event`]: what nodes publish so the coordinator reacts without polling;
 //! - [`close`]: WebSocket close codes and the close reason that carries a reconnect hint;
 //! - [`notice`]: the seed article's `server_shutdown` text notice;
@@ -18,6 +19,7 @@
 
 pub mod close;
 pub mod command;
+pub mod control;
 pub mod event;
 pub mod keys;
 pub mod name;

@@ -5,9 +5,10 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ebb_coordinator::commands::{self, Outcome, Target};
-use ebb_coordinator::rollout::{self, Overrides};
+use ebb_coordinator::rollout::{self, OnCheckFail, Overrides};
 use ebb_proto::NodeName;
 use ebb_proto::command::{Action, Drain, Resume, Then};
+use ebb_proto::control::Mode;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -59,6 +60,14 @@ enum OnLost {
     Abort,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum CheckFailArg {
+    /// Pause the rollout (`ebb rollout continue` goes on).
+    Pause,
+    /// Stop the rollout.
+    Abort,
+}
+
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// List the nodes: name, instance, state, connections, age, version, URL.
@@ -86,11 +95,35 @@ enum Cmd {
     Resume { name: NodeName },
     /// Drain and restart every node, one at a time.
     RollingRestart(Box<RollingArgs>),
+    /// Pause, continue or abort the running rollout (from any terminal or CI job).
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutAction,
+        /// Why (shown in `ebb status` and the report).
+        #[arg(long, global = true)]
+        reason: Option<String>,
+        /// Wait until the coordinator has taken it.
+        #[arg(long, global = true)]
+        wait: bool,
+        /// With --wait: give up after this long.
+        #[arg(long, global = true, default_value = "30s")]
+        timeout: humantime::Duration,
+    },
     /// Print the channel and payload of a command (signed with --secret), for `redis-cli PUBLISH`.
     Sign {
         #[command(subcommand)]
         action: SignAction,
     },
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+enum RolloutAction {
+    /// Admit no new node (those in flight finish) until `continue`.
+    Pause,
+    /// Go on after a pause (`--pause-after`, a failed `--check`, `ebb rollout pause`).
+    Continue,
+    /// Admit no new node, let those in flight finish, then stop the rollout (aborted).
+    Abort,
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +190,20 @@ struct RollingArgs {
     /// When a node vanishes mid-drain (killed): wait for its replacement, or abort [default: wait].
     #[arg(long, value_enum)]
     on_node_lost: Option<OnLost>,
+    /// Pause once this many nodes are done (a canary), until `ebb rollout continue`.
+    #[arg(long)]
+    pause_after: Option<usize>,
+    /// A replacement counts only after staying active (same instance, heartbeating) this long
+    /// [default: 0s].
+    #[arg(long)]
+    min_ready: Option<humantime::Duration>,
+    /// Gate run once each replacement is ready ({name} and {url} replaced, each as one
+    /// shell-quoted word); a non-zero exit pauses the rollout (or aborts it).
+    #[arg(long)]
+    check: Option<String>,
+    /// What a failing --check does [default: pause].
+    #[arg(long, value_enum)]
+    on_check_fail: Option<CheckFailArg>,
     /// How long Redis may be unreachable before the rollout stops.
     #[arg(long, default_value_t = rollout::DEFAULT_REDIS_GRACE.into())]
     redis_grace: humantime::Duration,
@@ -194,8 +241,15 @@ impl RollingArgs {
                 settle: duration(self.settle),
                 ephemeral_names: self.ephemeral_names,
                 abort_on_lost: self.on_node_lost.map(|o| matches!(o, OnLost::Abort)),
+                pause_after: self.pause_after,
+                min_ready: duration(self.min_ready),
+                on_check_fail: self.on_check_fail.map(|c| match c {
+                    CheckFailArg::Pause => OnCheckFail::Pause,
+                    CheckFailArg::Abort => OnCheckFail::Abort,
+                }),
             },
             exec: self.exec,
+            check: self.check,
             redis_grace: self.redis_grace.into(),
             lock_ttl: self.lock_ttl.into(),
         }
@@ -255,6 +309,24 @@ fn main() -> ExitCode {
                 let interrupt = CancellationToken::new();
                 tokio::spawn(interrupt_on_signals(interrupt.clone()));
                 commands::rolling_restart::run(&target, args.into_args(), interrupt).await
+            }
+            Cmd::Rollout {
+                action,
+                reason,
+                wait,
+                timeout,
+            } => {
+                let mode = match action {
+                    RolloutAction::Pause => Mode::Paused,
+                    RolloutAction::Continue => Mode::Running,
+                    RolloutAction::Abort => Mode::Aborted,
+                };
+                let args = commands::rollout::Args {
+                    mode,
+                    reason,
+                    wait: wait.then(|| timeout.into()),
+                };
+                commands::rollout::run(&target, args).await
             }
             Cmd::Sign { action } => match action {
                 SignAction::Drain { name, then } => commands::sign::run(

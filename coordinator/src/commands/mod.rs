@@ -4,6 +4,7 @@
 pub mod drain;
 pub mod resume;
 pub mod rolling_restart;
+pub mod rollout;
 pub mod sign;
 pub mod status;
 

@@ -26,6 +26,8 @@ pub struct Args {
     /// The rules given on the command line (the rest are defaults, or on resume the saved ones).
     pub overrides: Overrides,
     pub exec: Option<String>,
+    /// `--check` template (`{name}`, `{url}`).
+    pub check: Option<String>,
     pub redis_grace: Duration,
     /// The rollout lock's expiry: how long a dead coordinator's lock holds others off.
     pub lock_ttl: Duration,
@@ -78,6 +80,7 @@ pub struct Prepared {
     pub rollout: Rollout,
     pub policy: Policy,
     pub exec: Option<String>,
+    pub check: Option<String>,
 }
 
 async fn start(
@@ -91,6 +94,7 @@ async fn start(
     let plan = plan(target, &args, registered)?;
     let fresh_policy = Policy {
         exec: args.exec.is_some(),
+        check: args.check.is_some(),
         ..args.overrides.apply(Policy::default())
     };
 
@@ -130,6 +134,7 @@ async fn start(
         io: cluster,
         policy: prepared.policy,
         exec: prepared.exec,
+        check: prepared.check,
         redis_grace: args.redis_grace,
         lock,
     };
@@ -205,7 +210,7 @@ async fn prepare(
         },
     };
     match (args.resume, saved) {
-        (true, Some(saved)) => Ok(resume(saved, &args.overrides, args.exec.as_ref())),
+        (true, Some(saved)) => Ok(resume(saved, args)),
         (true, None) => Ok(Err("there is no rollout to resume".to_owned())),
         (false, Some(saved)) if !args.fresh => Ok(Err(format!(
             "an unfinished rollout ({}, {}, {} of {} node(s) done) exists; run `ebb rolling-restart --resume` to continue it or `--fresh` to discard it",
@@ -222,6 +227,7 @@ async fn prepare(
             rollout: Rollout::new(new_id(), plan),
             policy: fresh_policy,
             exec: args.exec.clone(),
+            check: args.check.clone(),
         })),
     }
 }
@@ -230,22 +236,39 @@ async fn prepare(
 pub fn read_saved(json: &str) -> Result<Saved, String> {
     let saved: Saved = serde_json::from_str(json).map_err(|e| e.to_string())?;
     saved.rollout.validate().map_err(|e| e.to_string())?;
-    if saved.policy.exec != saved.exec.is_some() {
-        return Err("its policy and its --exec command disagree".to_owned());
+    if saved.policy.exec != saved.exec.is_some() || saved.policy.check != saved.check.is_some() {
+        return Err("its policy and its commands disagree".to_owned());
     }
     Ok(saved)
 }
 
-/// The saved rollout, continued under its own rules: `overrides` and `exec` given now must not
-/// contradict them.
-pub fn resume(
-    saved: Saved,
-    overrides: &Overrides,
-    exec: Option<&String>,
-) -> Result<Prepared, String> {
-    let mut conflicts = overrides.conflicts(&saved.policy);
-    if exec.is_some() && exec != saved.exec.as_ref() {
+/// The rules given now on a resume: they must not contradict the saved ones.
+#[derive(Debug, Clone, Copy)]
+pub struct Given<'a> {
+    pub overrides: &'a Overrides,
+    pub exec: Option<&'a String>,
+    pub check: Option<&'a String>,
+}
+
+impl<'a> From<&'a Args> for Given<'a> {
+    fn from(args: &'a Args) -> Self {
+        Given {
+            overrides: &args.overrides,
+            exec: args.exec.as_ref(),
+            check: args.check.as_ref(),
+        }
+    }
+}
+
+/// The saved rollout, continued under its own rules.
+pub fn resume<'a>(saved: Saved, given: impl Into<Given<'a>>) -> Result<Prepared, String> {
+    let given = given.into();
+    let mut conflicts = given.overrides.conflicts(&saved.policy);
+    if given.exec.is_some() && given.exec != saved.exec.as_ref() {
         conflicts.push("--exec".to_owned());
+    }
+    if given.check.is_some() && given.check != saved.check.as_ref() {
+        conflicts.push("--check".to_owned());
     }
     if !conflicts.is_empty() {
         return Err(format!(
@@ -273,6 +296,7 @@ pub fn resume(
         rollout,
         policy: saved.policy,
         exec: saved.exec,
+        check: saved.check,
     })
 }
 

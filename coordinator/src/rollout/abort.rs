@@ -51,6 +51,10 @@ pub enum Abort {
     NoReplacement { node: NodeName },
     #[error("Redis was unreachable for longer than the grace period while at {node}")]
     RedisLost { node: NodeName },
+    #[error("the --check for {node} failed: {output}")]
+    CheckFailed { node: NodeName, output: String },
+    #[error("aborted by {by}: {reason}; the nodes in flight were finished first")]
+    Requested { by: String, reason: String },
     #[error(
         "the rollout lock was lost (another coordinator took over?); nothing more was sent, and its saved state was left to the new holder"
     )]
@@ -72,8 +76,9 @@ impl Abort {
             | Abort::ExecFailed { node, .. }
             | Abort::NoExit { node }
             | Abort::NoReplacement { node }
+            | Abort::CheckFailed { node, .. }
             | Abort::RedisLost { node } => Some(node),
-            Abort::LockLost => None,
+            Abort::LockLost | Abort::Requested { .. } => None,
         }
     }
 }

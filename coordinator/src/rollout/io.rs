@@ -5,6 +5,7 @@
 use crate::cluster::{ClusterError, Followed, Intake};
 use crate::lock::Lock;
 use ebb_proto::command::Command;
+use ebb_proto::control::Control;
 use ebb_proto::{NodeName, NodeRecord};
 use std::future::Future;
 use std::sync::Arc;
@@ -50,7 +51,14 @@ pub trait Io {
     /// Saves the rollout state if `lock` is still held; `false` when it is not (nothing written).
     async fn save_state(&mut self, lock: &Lock, json: &str) -> Result<bool, ClusterError>;
 
-    /// Removes the rollout state if `lock` is still held.
+    /// The running rollout's control value, parsed (and verified with a secret); a bad one is
+    /// logged and taken as none.
+    async fn control(&mut self) -> Result<Option<Control>, ClusterError>;
+
+    /// Writes the control value if `lock` is still held; `false` when it is not.
+    async fn set_control(&mut self, lock: &Lock, control: &Control) -> Result<bool, ClusterError>;
+
+    /// Removes the rollout state (and its control value) if `lock` is still held.
     async fn clear_state(&mut self, lock: &Lock) -> Result<(), ClusterError>;
 
     /// Extends the lock; `false` when it is no longer ours.

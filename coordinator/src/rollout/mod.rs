@@ -7,13 +7,17 @@
 pub mod abort;
 pub mod engine;
 pub mod io;
+mod leave;
 mod ms;
 pub mod node;
 pub mod observe;
 pub mod policy;
+mod ready;
+mod replace;
 pub mod report;
 pub mod scheduler;
 pub mod state;
+pub mod targets;
 #[cfg(test)]
 mod testkit;
 

@@ -2,19 +2,20 @@
 //! it observations (and the results of its `--exec` command and sends) and carries out what it
 //! returns, so every rule here is tested against scripted observations.
 //!
-//! `pending → acking → draining → [executing] → exiting → replacing → settling → done`:
+//! `pending → acking → draining → [executing] → exiting → replacing → [soaking] → [checking] →
+//! settling → done`:
 //! the drain is sent (re-sent, then given up on), its acknowledgement is the old instance saying
 //! `draining`, its count is followed to zero, the `--exec` command runs if any, the old instance
 //! must be gone (its record *and* its own copy: a replacement that took the name over does not
 //! make it gone), then a replacement must be active (same name, a new instance started after the
-//! drain began; or with ephemeral names, the active count restored), then the settle time passes.
-//! Admission (who may leave `pending`) is the scheduler's, not this machine's.
+//! drain began; or with ephemeral names, the active count restored), then it must stay ready for
+//! `--min-ready`, pass the `--check` gate, and the settle time passes (those last steps are in
+//! [`super::ready`]). Admission (who may leave `pending`) is the scheduler's, not this machine's.
 
 use super::abort::Abort;
 use super::observe::{NodeView, Observation};
 use super::{Policy, ms};
-use ebb_proto::keys::MAX_CLOCK_SKEW;
-use ebb_proto::{NodeName, NodeState};
+use ebb_proto::NodeName;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -62,7 +63,21 @@ pub enum Phase {
         #[serde(with = "ms")]
         since: Duration,
     },
-    /// Replacement active; the settle time passes before its slot is free.
+    /// A replacement is active; it must stay so (same instance, heartbeating) for `--min-ready`.
+    Soaking {
+        instance: Uuid,
+        new: Uuid,
+        #[serde(with = "ms")]
+        since: Duration,
+        /// Wall clock at the start of the soak: the replacement must heartbeat after it.
+        since_wall_ms: u64,
+    },
+    /// The `--check` command gates the node. Not `running` after a resume: it runs again.
+    Checking {
+        new: Uuid,
+        running: bool,
+    },
+    /// Replacement ready; the settle time passes before its slot is free.
     Settling {
         #[serde(with = "ms")]
         until: Duration,
@@ -80,6 +95,8 @@ impl Phase {
             Phase::Executing { .. } => "executing",
             Phase::Exiting { .. } => "exiting",
             Phase::Replacing { .. } => "replacing",
+            Phase::Soaking { .. } => "soaking",
+            Phase::Checking { .. } => "checking",
             Phase::Settling { .. } => "settling",
             Phase::Done => "done",
         }
@@ -118,6 +135,21 @@ pub struct NodeResult {
     /// When the old instance was first seen gone without a goodbye.
     #[serde(with = "ms::opt", default)]
     pub vanished_at: Option<Duration>,
+    /// How the `--check` gate ended, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckResult>,
+    /// The reconnect targets of its last drain command.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
+}
+
+/// How a node's `--check` ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub ok: bool,
+    /// The end of its output when it failed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output: String,
 }
 
 impl NodeResult {
@@ -139,11 +171,13 @@ impl NodeResult {
             drain_started: None,
             drained_at: None,
             vanished_at: None,
+            check: None,
+            targets: Vec::new(),
         }
     }
 
     /// The drain ended at `now`: its duration is known.
-    fn mark_drained(&mut self, now: Duration) {
+    pub(super) fn mark_drained(&mut self, now: Duration) {
         self.drained_at = Some(now);
         self.drain_ms = self
             .drain_started
@@ -165,6 +199,12 @@ pub enum NodeAction {
     RunExec {
         instance: Uuid,
     },
+    /// Run the `--check` command for the node's replacement at `url`.
+    RunCheck {
+        url: String,
+    },
+    /// The rollout must pause (the check failed), for this reason.
+    Pause(String),
     /// The node is finished.
     Done,
     Abort(Abort),
@@ -174,6 +214,7 @@ pub enum NodeAction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeInput {
     ExecDone(Result<(), String>),
+    CheckDone(Result<(), String>),
     /// The last drain could not be sent (Redis unreachable): it does not count as an attempt.
     SendFailed,
 }
@@ -189,7 +230,7 @@ pub struct Ctx<'a> {
 }
 
 /// How a transition ended: moved on without I/O (step again), or with something to do.
-enum Flow {
+pub(super) enum Flow {
     Next,
     Act(NodeAction),
 }
@@ -256,7 +297,7 @@ impl NodeRun {
     }
 
     /// The instances observed now that could be mistaken for this node's replacement.
-    fn seen(&self, obs: &Observation, policy: &Policy) -> BTreeSet<Uuid> {
+    pub(super) fn seen(&self, obs: &Observation, policy: &Policy) -> BTreeSet<Uuid> {
         if policy.ephemeral_names {
             return obs.nodes.values().map(|v| v.instance).collect();
         }
@@ -283,6 +324,13 @@ impl NodeRun {
                 }
                 Phase::Exiting { instance, since } => self.exiting(ctx, instance, since),
                 Phase::Replacing { instance, since } => self.replacing(ctx, instance, since),
+                Phase::Soaking {
+                    instance,
+                    new,
+                    since,
+                    since_wall_ms,
+                } => self.soaking(ctx, instance, new, since, since_wall_ms),
+                Phase::Checking { new, running } => self.checking(ctx, new, running, input.take()),
                 Phase::Settling { until } => self.settling(ctx, until),
             };
             match flow {
@@ -300,7 +348,8 @@ impl NodeRun {
             | Phase::Exiting { since, .. }
             | Phase::Replacing { since, .. } => *since = now,
             Phase::Settling { until } => *until = now,
-            Phase::Executing { running, .. } => *running = false,
+            Phase::Soaking { since, .. } => *since = now,
+            Phase::Executing { running, .. } | Phase::Checking { running, .. } => *running = false,
             Phase::Pending | Phase::Done => {}
         }
         let result = &mut self.result;
@@ -309,282 +358,8 @@ impl NodeRun {
         result.vanished_at = result.vanished_at.map(|_| now);
     }
 
-    fn acking(
-        &mut self,
-        ctx: Ctx<'_>,
-        instance: Uuid,
-        sent_at: Duration,
-        attempts: u32,
-        input: Option<NodeInput>,
-    ) -> Flow {
-        let attempts = match input {
-            Some(NodeInput::SendFailed) => attempts.saturating_sub(1),
-            _ => attempts,
-        };
-        let now = ctx.obs.now;
-        let Some(view) = ctx.obs.instance(self.name(), instance) else {
-            return self.gone(ctx, instance);
-        };
-        if matches!(view.state, NodeState::Draining | NodeState::Drained) {
-            let result = &mut self.result;
-            // Records coalesce counts; the first one seen draining may be the higher one.
-            result.connections_before = result.connections_before.max(view.connections);
-            self.phase = Phase::Draining {
-                instance,
-                since: now,
-            };
-            return Next;
-        }
-        self.phase = Phase::Acking {
-            instance,
-            sent_at,
-            attempts,
-        };
-        if now.saturating_sub(sent_at) < ctx.policy.ack_timeout {
-            return Act(NodeAction::Wait);
-        }
-        if attempts <= ctx.policy.ack_retries {
-            self.phase = Phase::Acking {
-                instance,
-                sent_at: now,
-                attempts: attempts + 1,
-            };
-            return Act(NodeAction::SendDrain {
-                instance,
-                attempt: attempts + 1,
-            });
-        }
-        self.abort(Abort::NoAck {
-            node: self.name().clone(),
-            attempts,
-        })
-    }
-
-    fn draining(&mut self, ctx: Ctx<'_>, instance: Uuid, since: Duration) -> Flow {
-        let now = ctx.obs.now;
-        let Some(view) = ctx.obs.instance(self.name(), instance) else {
-            return self.gone(ctx, instance);
-        };
-        if view.state == NodeState::Active {
-            return self.abort(Abort::Resumed {
-                node: self.name().clone(),
-            });
-        }
-        if view.connections == 0 || view.state == NodeState::Drained {
-            self.result.mark_drained(now);
-            return self.after_drain(ctx, instance);
-        }
-        if now.saturating_sub(since) >= ctx.policy.drain_timeout {
-            return self.abort(Abort::DrainTimeout {
-                node: self.name().clone(),
-                connections: view.connections,
-            });
-        }
-        Act(NodeAction::Wait)
-    }
-
-    /// The drain ended (or the old instance vanished): the `--exec` command restarts it, or
-    /// its own supervisor does.
-    fn after_drain(&mut self, ctx: Ctx<'_>, instance: Uuid) -> Flow {
-        if ctx.policy.exec {
-            return self.run_exec(ctx, instance);
-        }
-        self.phase = Phase::Exiting {
-            instance,
-            since: ctx.obs.now,
-        };
-        Next
-    }
-
-    fn executing(
-        &mut self,
-        ctx: Ctx<'_>,
-        instance: Uuid,
-        running: bool,
-        input: Option<NodeInput>,
-    ) -> Flow {
-        let now = ctx.obs.now;
-        match input {
-            Some(NodeInput::ExecDone(Ok(()))) => {
-                self.phase = Phase::Exiting {
-                    instance,
-                    since: now,
-                };
-                return Next;
-            }
-            Some(NodeInput::ExecDone(Err(message))) => {
-                return self.abort(Abort::ExecFailed {
-                    node: self.name().clone(),
-                    message,
-                });
-            }
-            Some(NodeInput::SendFailed) | None if running => return Act(NodeAction::Wait),
-            Some(NodeInput::SendFailed) | None => {}
-        }
-        // Resumed while the command ran: it may have restarted the node, or never run. Run it
-        // again unless what it starts is already there.
-        match ctx.obs.instance(self.name(), instance).map(|v| v.state) {
-            Some(NodeState::Active) => self.abort(Abort::Resumed {
-                node: self.name().clone(),
-            }),
-            None if self.replacement(ctx, instance).is_some() => {
-                self.phase = Phase::Exiting {
-                    instance,
-                    since: now,
-                };
-                Next
-            }
-            _ => self.run_exec(ctx, instance),
-        }
-    }
-
-    /// Runs the `--exec` command; nothing seen before it counts as the replacement it starts.
-    fn run_exec(&mut self, ctx: Ctx<'_>, instance: Uuid) -> Flow {
-        let seen = self.seen(ctx.obs, ctx.policy);
-        self.result.known_before.extend(seen);
-        self.phase = Phase::Executing {
-            instance,
-            running: true,
-        };
-        Act(NodeAction::RunExec { instance })
-    }
-
-    fn exiting(&mut self, ctx: Ctx<'_>, instance: Uuid, since: Duration) -> Flow {
-        let now = ctx.obs.now;
-        if ctx.obs.instance(self.name(), instance).is_some() {
-            if now.saturating_sub(since) >= ctx.policy.exit_timeout {
-                return self.abort(Abort::NoExit {
-                    node: self.name().clone(),
-                });
-            }
-            return Act(NodeAction::Wait);
-        }
-        self.note_drained(ctx.obs, instance);
-        self.phase = Phase::Replacing {
-            instance,
-            since: now,
-        };
-        Next
-    }
-
-    fn replacing(&mut self, ctx: Ctx<'_>, instance: Uuid, since: Duration) -> Flow {
-        let now = ctx.obs.now;
-        // An instance taken for gone that shows up again (a partition healed) still holds
-        // clients: wait for it to go.
-        if ctx.obs.instance(self.name(), instance).is_some() {
-            self.phase = Phase::Exiting {
-                instance,
-                since: now,
-            };
-            return Act(NodeAction::Wait);
-        }
-        match self.replacement(ctx, instance) {
-            Some(new_instance) => {
-                self.note_drained(ctx.obs, instance);
-                let result = &mut self.result;
-                // Its goodbye may have come after it was seen gone.
-                result.lost = result.lost && !ctx.obs.ended_cleanly(instance);
-                result.new_instance = Some(new_instance);
-                let from = result.drained_at.or(result.drain_started).unwrap_or(now);
-                result.restart_ms = Some(now.saturating_sub(from).as_millis() as u64);
-                self.phase = Phase::Settling {
-                    until: now.saturating_add(ctx.policy.settle),
-                };
-                Next
-            }
-            None if now.saturating_sub(since) >= ctx.policy.replace_timeout => {
-                self.abort(Abort::NoReplacement {
-                    node: self.name().clone(),
-                })
-            }
-            None => Act(NodeAction::Wait),
-        }
-    }
-
-    /// The instance that replaces `old`: active, none seen before (at the drain or the
-    /// `--exec` command), and started after this node's drain began (so no leftover or replayed
-    /// record of an earlier process counts).
-    fn replacement(&self, ctx: Ctx<'_>, old: Uuid) -> Option<Uuid> {
-        let result = &self.result;
-        let skew = MAX_CLOCK_SKEW.as_millis() as u64;
-        let new = |v: &&NodeView| {
-            v.state == NodeState::Active
-                && v.instance != old
-                && !result.known_before.contains(&v.instance)
-                && v.started_at_ms.saturating_add(skew) >= result.drain_started_wall_ms
-        };
-        if !ctx.policy.ephemeral_names {
-            return ctx.obs.record(self.name()).filter(new).map(|v| v.instance);
-        }
-        let fresh = ctx.obs.nodes.values().find(new)?;
-        let active = ctx
-            .obs
-            .nodes
-            .values()
-            .filter(|v| v.state == NodeState::Active)
-            .count();
-        (active >= result.active_before).then_some(fresh.instance)
-    }
-
-    fn settling(&mut self, ctx: Ctx<'_>, until: Duration) -> Flow {
-        if ctx.obs.now < until {
-            return Act(NodeAction::Wait);
-        }
-        self.phase = Phase::Done;
-        Act(NodeAction::Done)
-    }
-
-    /// The old instance went away before its drain was seen to end. If it said it drained or
-    /// deregistered, it simply finished between two looks; otherwise it vanished (killed,
-    /// crashed): wait for its replacement, or abort, by policy.
-    fn gone(&mut self, ctx: Ctx<'_>, instance: Uuid) -> Flow {
-        let now = ctx.obs.now;
-        let clean = ctx.obs.ended_cleanly(instance);
-        // With events possibly missed, there is no proof of a crash either.
-        let lost = !clean && !ctx.missed_events;
-        self.result.lost = lost;
-        if lost && ctx.policy.abort_on_lost {
-            let since = *self.result.vanished_at.get_or_insert(now);
-            if now.saturating_sub(since) < LOST_GRACE {
-                return Act(NodeAction::Wait);
-            }
-            return self.abort(Abort::Lost {
-                node: self.name().clone(),
-            });
-        }
-        if self.result.drained_at.is_none() {
-            if clean {
-                self.result.mark_drained(now);
-            } else {
-                self.result.drained_at = Some(now);
-            }
-        }
-        self.note_drained(ctx.obs, instance);
-        if ctx.policy.exec {
-            // Nothing restarts a vanished node but the command that restarts nodes.
-            return self.after_drain(ctx, instance);
-        }
-        self.phase = Phase::Replacing {
-            instance,
-            since: now,
-        };
-        Next
-    }
-
-    fn abort(&self, abort: Abort) -> Flow {
+    pub(super) fn abort(&self, abort: Abort) -> Flow {
         Act(NodeAction::Abort(abort))
-    }
-
-    /// Takes the drain's own counts from its `drained` event (the report's, nothing decided on
-    /// them): records are written at intervals, so the drain knows best how many it closed.
-    fn note_drained(&mut self, obs: &Observation, instance: Uuid) {
-        if let Some(info) = obs.drained.get(&instance) {
-            let result = &mut self.result;
-            result.clean_closes = Some(info.clean);
-            result.forced_closes = Some(info.forced);
-            let closed = info.clean.saturating_add(info.forced);
-            result.connections_before = result.connections_before.max(closed);
-        }
     }
 }
 

@@ -25,6 +25,9 @@ pub const DEFAULT_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_REPLACE_TIMEOUT: Duration = Duration::from_secs(120);
 /// `--settle`: pause after a replacement is active, before its slot is free.
 pub const DEFAULT_SETTLE: Duration = Duration::ZERO;
+/// `--min-ready`: how long a replacement must stay active before it counts (0: at once).
+pub const DEFAULT_MIN_READY: Duration = Duration::ZERO;
+
 /// `--redis-grace`: how long Redis may be unreachable mid-rollout before it aborts.
 pub const DEFAULT_REDIS_GRACE: Duration = Duration::from_secs(30);
 /// How often records are re-read when no event arrives (events make it faster, not correct).
@@ -96,6 +99,29 @@ pub struct Policy {
     pub exec: bool,
     /// Abort when a node vanishes mid-drain, instead of waiting for its replacement.
     pub abort_on_lost: bool,
+    /// Pause the rollout once this many nodes are done (a canary), until `ebb rollout continue`.
+    #[serde(default)]
+    pub pause_after: Option<usize>,
+    /// A replacement counts once it has stayed active (same instance, heartbeating) this long.
+    #[serde(with = "ms", default)]
+    pub min_ready: Duration,
+    /// A `--check` command gates each node once its replacement is ready.
+    #[serde(default)]
+    pub check: bool,
+    /// What a failing `--check` does.
+    #[serde(default)]
+    pub on_check_fail: OnCheckFail,
+}
+
+/// `--on-check-fail`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnCheckFail {
+    /// Pause the rollout (the node's restart is done; `ebb rollout continue` goes on).
+    #[default]
+    Pause,
+    /// Stop the rollout.
+    Abort,
 }
 
 impl Default for Policy {
@@ -112,6 +138,10 @@ impl Default for Policy {
             ephemeral_names: false,
             exec: false,
             abort_on_lost: false,
+            pause_after: None,
+            min_ready: DEFAULT_MIN_READY,
+            check: false,
+            on_check_fail: OnCheckFail::Pause,
         }
     }
 }
@@ -136,6 +166,10 @@ pub struct Overrides {
     pub settle: Option<Duration>,
     pub ephemeral_names: Option<bool>,
     pub abort_on_lost: Option<bool>,
+    pub pause_after: Option<usize>,
+    #[serde(with = "ms::opt")]
+    pub min_ready: Option<Duration>,
+    pub on_check_fail: Option<OnCheckFail>,
 }
 
 impl Overrides {

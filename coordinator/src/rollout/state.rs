@@ -7,7 +7,10 @@ use super::abort::Abort;
 use super::node::{Ctx, NodeAction, NodeInput, NodeRun, Phase};
 use super::observe::Observation;
 use super::scheduler::{self, Admission};
+use super::targets;
 use ebb_proto::NodeName;
+use ebb_proto::control::Mode;
+use ebb_proto::target::Target;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -22,11 +25,21 @@ pub enum Action {
         instance: Uuid,
         attempt: u32,
         command_id: String,
+        targets: Vec<Target>,
     },
     /// Run the `--exec` command for this node.
     RunExec {
         node: NodeName,
         instance: Uuid,
+    },
+    /// Run the `--check` command for this node's replacement at `url`.
+    RunCheck {
+        node: NodeName,
+        url: String,
+    },
+    /// Pause the rollout (write its control value), for this reason.
+    Pause {
+        reason: String,
     },
     /// A node is finished.
     NodeDone {
@@ -55,6 +68,17 @@ pub enum Invalid {
 pub struct Rollout {
     pub id: String,
     pub nodes: Vec<NodeRun>,
+    /// The mode it is in, as last read from its control value (kept for `ebb status`).
+    #[serde(default = "running")]
+    pub mode: Mode,
+    /// Why it is paused or aborted, and by whom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode_by: Option<String>,
+    /// `--pause-after` already paused it once.
+    #[serde(default)]
+    pub canary_paused: bool,
     /// Events may have been missed (a resumed rollout, a lost subscription).
     #[serde(skip)]
     pub missed_events: bool,
@@ -65,8 +89,25 @@ impl Rollout {
         Rollout {
             id,
             nodes: plan.into_iter().map(NodeRun::new).collect(),
+            mode: Mode::Running,
+            mode_reason: None,
+            mode_by: None,
+            canary_paused: false,
             missed_events: false,
         }
+    }
+
+    /// Takes the mode its control value asks for. An abort is final for this run: a `continue`
+    /// after it does not undo it (a `--resume` reads the control value afresh).
+    pub fn set_mode(&mut self, mode: Mode, reason: Option<String>, by: Option<String>) {
+        if self.mode == Mode::Aborted && mode != Mode::Aborted {
+            return;
+        }
+        self.mode = mode;
+        (self.mode_reason, self.mode_by) = match mode {
+            Mode::Running => (None, None),
+            _ => (reason, by),
+        };
     }
 
     /// Checks a rollout read back from Redis before anything acts on it.
@@ -115,6 +156,7 @@ impl Rollout {
     /// Restarts every timer at `now` (a resumed rollout's times are from a previous process).
     pub fn restart_timers(&mut self, now: Duration) {
         self.missed_events = true;
+        self.mode = Mode::Running;
         for run in &mut self.nodes {
             run.restart_timers(now);
         }
@@ -141,13 +183,24 @@ impl Rollout {
             }
             let input = take_input(inputs, self.nodes[index].name());
             let action = self.nodes[index].step(ctx, input);
-            match self.act(index, action) {
+            match self.act(index, action, obs, policy) {
                 Some(Action::Abort(abort)) => return vec![Action::Abort(abort)],
                 Some(action) => actions.push(action),
                 None => {}
             }
         }
+        if let Some(pause) = self.canary(policy) {
+            actions.push(pause);
+        }
+        if self.mode == Mode::Aborted && self.in_flight().next().is_none() {
+            let by = self.mode_by.clone().unwrap_or_else(|| "someone".to_owned());
+            let reason = self.mode_reason.clone().unwrap_or_default();
+            return vec![Action::Abort(Abort::Requested { by, reason })];
+        }
         loop {
+            if self.mode != Mode::Running {
+                break;
+            }
             match scheduler::next(&self.nodes, obs, policy) {
                 Admission::Start {
                     index,
@@ -158,36 +211,66 @@ impl Rollout {
                         .expect("admitted with a record")
                         .clone();
                     let action = self.nodes[index].start(&view, obs, policy, active_before);
-                    actions.extend(self.act(index, action));
+                    actions.extend(self.act(index, action, obs, policy));
                 }
                 Admission::Abort(abort) => return vec![Action::Abort(abort)],
                 Admission::Wait => break,
-                Admission::Nothing => {
-                    if self.nodes.iter().all(|r| r.phase == Phase::Done) {
-                        actions.push(Action::Complete);
-                    }
-                    break;
-                }
+                Admission::Nothing => break,
             }
+        }
+        if self.nodes.iter().all(|r| r.phase == Phase::Done) {
+            actions.push(Action::Complete);
         }
         actions
     }
 
-    fn act(&self, index: usize, action: NodeAction) -> Option<Action> {
+    /// `--pause-after N`: once N nodes are done and more are left, the rollout pauses, once.
+    fn canary(&mut self, policy: &Policy) -> Option<Action> {
+        let after = policy.pause_after?;
+        let done = self.done();
+        if self.canary_paused || done < after || done == self.nodes.len() {
+            return None;
+        }
+        self.canary_paused = true;
+        Some(Action::Pause {
+            reason: format!(
+                "paused after {done} node(s) (--pause-after {after}); `ebb rollout continue` goes on, `ebb rollout abort` stops"
+            ),
+        })
+    }
+
+    fn act(
+        &mut self,
+        index: usize,
+        action: NodeAction,
+        obs: &Observation,
+        policy: &Policy,
+    ) -> Option<Action> {
         let node = self.nodes[index].name().clone();
         match action {
             NodeAction::Wait => None,
-            NodeAction::SendDrain { instance, attempt } => Some(Action::SendDrain {
-                command_id: format!("{}{attempt}", self.command_prefix(index)),
-                node,
-                instance,
-                attempt,
-            }),
+            NodeAction::SendDrain { instance, attempt } => {
+                let targets = targets::for_drain(&self.nodes, obs, policy, index);
+                self.nodes[index].result.targets = targets.iter().map(|t| t.url.clone()).collect();
+                Some(Action::SendDrain {
+                    command_id: format!("{}{attempt}", self.command_prefix(index)),
+                    node,
+                    instance,
+                    attempt,
+                    targets,
+                })
+            }
             NodeAction::RunExec { instance } => Some(Action::RunExec { node, instance }),
+            NodeAction::RunCheck { url } => Some(Action::RunCheck { node, url }),
+            NodeAction::Pause(reason) => Some(Action::Pause { reason }),
             NodeAction::Done => Some(Action::NodeDone { node }),
             NodeAction::Abort(abort) => Some(Action::Abort(abort)),
         }
     }
+}
+
+fn running() -> Mode {
+    Mode::Running
 }
 
 /// The input for `name`, if any (one per step).

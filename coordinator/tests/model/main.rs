@@ -25,6 +25,7 @@ use ebb_coordinator::rollout::engine::Engine;
 use ebb_coordinator::rollout::report::{Report, Status};
 use ebb_coordinator::rollout::{MaxParallel, Overrides, Policy, Rollout};
 use ebb_proto::NodeName;
+use ebb_proto::control::Mode;
 use proptest::prelude::*;
 use sim::{Behavior, Network, SimIo, TICK, World};
 use std::time::Duration;
@@ -47,6 +48,8 @@ struct Scenario {
     /// (virtual ms, the coordinator clock's new offset from the nodes').
     jumps: Vec<(u64, i64)>,
     steal_at: Option<u64>,
+    /// (virtual ms, mode) written to the rollout's control value, as `ebb rollout` would.
+    controls: Vec<(u64, Mode)>,
     seed: u64,
 }
 
@@ -57,6 +60,7 @@ impl Scenario {
         let skew = ebb_proto::keys::MAX_CLOCK_SKEW.as_millis() as i64;
         self.network.forged_records == 0.0
             && !(self.abort_on_lost && self.network.drop_events > 0.0)
+            && self.controls.iter().all(|(_, mode)| *mode == Mode::Running)
             && self.steal_at.is_none()
             && self.jumps.iter().all(|(_, offset)| offset.abs() < skew / 2)
             && self
@@ -107,6 +111,10 @@ fn network() -> impl Strategy<Value = Network> {
         })
 }
 
+fn mode() -> impl Strategy<Value = Mode> {
+    prop_oneof![Just(Mode::Paused), Just(Mode::Running), Just(Mode::Aborted)]
+}
+
 fn scenario() -> impl Strategy<Value = Scenario> {
     (
         prop::collection::vec(behavior(), 2..7),
@@ -117,6 +125,10 @@ fn scenario() -> impl Strategy<Value = Scenario> {
         prop::collection::vec(0u64..20_000, 0..4),
         prop::collection::vec((0u64..20_000, -20_000i64..20_000), 0..3),
         prop_oneof![6 => Just(None), 1 => (0u64..10_000).prop_map(Some)],
+        prop_oneof![
+            3 => Just(Vec::new()),
+            1 => prop::collection::vec((0u64..15_000, mode()), 1..4),
+        ],
         any::<u64>(),
     )
         .prop_map(
@@ -129,9 +141,11 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 mut crashes,
                 jumps,
                 steal,
+                mut controls,
                 seed,
             )| {
                 crashes.sort();
+                controls.sort_by_key(|(at, _)| *at);
                 // Small jumps in most cases, so the "behaves" property is exercised often.
                 let jumps = jumps
                     .into_iter()
@@ -146,6 +160,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     crashes,
                     jumps,
                     steal_at: steal,
+                    controls,
                     seed,
                 }
             },
@@ -200,6 +215,7 @@ async fn run_async(s: &Scenario) -> Ended {
         rollout: Rollout::new("abc123".into(), names.clone()),
         policy: policy(s),
         exec: s.exec.then(|| "restart {name}".to_owned()),
+        check: None,
     };
     let mut crashes = s
         .crashes
@@ -217,6 +233,7 @@ async fn run_async(s: &Scenario) -> Ended {
             io: SimIo::new(world.clone()),
             policy: prepared.policy.clone(),
             exec: prepared.exec.clone(),
+            check: prepared.check.clone(),
             redis_grace: Duration::from_secs(30),
             lock,
         };
@@ -243,8 +260,12 @@ async fn run_async(s: &Scenario) -> Ended {
             },
             Some(json) => {
                 let saved = rolling_restart::read_saved(&json).expect("the saved state reads back");
-                rolling_restart::resume(saved, &Overrides::default(), None)
-                    .expect("resumed under its own rules")
+                let given = rolling_restart::Given {
+                    overrides: &Overrides::default(),
+                    exec: None,
+                    check: None,
+                };
+                rolling_restart::resume(saved, given).expect("resumed under its own rules")
             }
         };
     };
@@ -282,10 +303,21 @@ async fn drive(world: sim::Shared, s: Scenario, start: Instant) {
     jumps.sort();
     let mut jumps = jumps.into_iter().peekable();
     let mut steal = s.steal_at;
+    let mut controls = s.controls.clone().into_iter().peekable();
     loop {
         tokio::time::sleep(TICK).await;
         let now = start.elapsed().as_millis() as u64;
         let mut w = world.lock().unwrap();
+        while let Some((_, mode)) = controls.next_if(|(at, _)| *at <= now) {
+            // The rollout running now: the saved one, else the first.
+            let id = w
+                .state
+                .as_deref()
+                .and_then(|json| serde_json::from_str::<serde_json::Value>(json).ok())
+                .and_then(|saved| saved["rollout"]["id"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| "abc123".to_owned());
+            w.steer(&id, mode);
+        }
         while let Some((_, offset)) = jumps.next_if(|(at, _)| *at <= now) {
             w.coordinator_offset_ms = offset;
         }
@@ -371,6 +403,7 @@ fn a_forged_flood_and_two_crashes_mid_exec_change_nothing() {
         crashes: vec![900, 2_300],
         jumps: vec![],
         steal_at: None,
+        controls: vec![],
         seed: 7,
     };
     let ended = run(&s);

@@ -8,6 +8,7 @@ use ebb_coordinator::cluster::{ClusterError, Followed, Intake};
 use ebb_coordinator::lock::Lock;
 use ebb_coordinator::rollout::io::{Io, Snapshot};
 use ebb_proto::command::{self, Action, Command, Then};
+use ebb_proto::control::Control;
 use ebb_proto::sign::Secret;
 use ebb_proto::{Event, EventKind, NodeName, NodeRecord, NodeState};
 use rand::rngs::StdRng;
@@ -77,6 +78,8 @@ pub struct Log {
     /// Drains applied, per original instance.
     pub drains: HashMap<Uuid, u32>,
     pub commands_after_steal: u32,
+    /// When (virtual ms since the start) each original instance was drained, by name.
+    pub drained_at: Vec<(u64, NodeName)>,
 }
 
 /// The whole world, behind one lock (never held across an await).
@@ -93,6 +96,8 @@ pub struct World {
     desired: HashMap<NodeName, String>,
     lock: Option<(String, Instant)>,
     pub state: Option<String>,
+    /// The rollout's control value, as stored (sealed).
+    pub control: Option<String>,
     subscribers: Vec<mpsc::Sender<Followed>>,
     delayed: Vec<(u32, Event)>,
     processes: Vec<Process>,
@@ -123,6 +128,7 @@ impl World {
             desired: HashMap::new(),
             lock: None,
             state: None,
+            control: None,
             subscribers: Vec::new(),
             delayed: Vec::new(),
             processes: Vec::new(),
@@ -478,6 +484,8 @@ impl World {
                 continue;
             }
             *self.log.drains.entry(p.instance).or_default() += 1;
+            let when = self.start.elapsed().as_millis() as u64;
+            self.log.drained_at.push((when, p.name.clone()));
             let behavior = self.behavior[&p.name].clone();
             let p = &mut self.processes[at];
             p.state = NodeState::Draining;
@@ -516,6 +524,12 @@ impl World {
             Instant::now() + Duration::from_secs(3600),
         ));
         self.stolen = true;
+    }
+
+    /// Someone runs `ebb rollout pause|continue|abort` for rollout `id`.
+    pub fn steer(&mut self, id: &str, mode: ebb_proto::control::Mode) {
+        let control = ebb_proto::control::Control::new(id, mode, "the model says so", "model");
+        self.control = Some(control.encode(Some(&self.secret)));
     }
 
     /// Takes the lock for `value` when free or expired.
@@ -644,9 +658,27 @@ impl Io for SimIo {
         self.with(|w| {
             if w.holds(lock) {
                 w.state = None;
+                w.control = None;
             }
         });
         Ok(())
+    }
+
+    async fn control(&mut self) -> Result<Option<Control>, ClusterError> {
+        Ok(self.with(|w| {
+            let value = w.control.as_ref()?;
+            Control::decode(value.as_bytes(), Some(&w.secret)).ok()
+        }))
+    }
+
+    async fn set_control(&mut self, lock: &Lock, control: &Control) -> Result<bool, ClusterError> {
+        Ok(self.with(|w| {
+            let held = w.holds(lock);
+            if held {
+                w.control = Some(control.encode(Some(&w.secret)));
+            }
+            held
+        }))
     }
 
     async fn renew(&mut self, lock: &Lock) -> Result<bool, ClusterError> {

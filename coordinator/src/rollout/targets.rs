@@ -1,0 +1,108 @@
+//! Where a drained node's clients should go: the coordinator picks the targets, so the fleet ends
+//! a rollout balanced instead of each client picking a random survivor (often the next one to be
+//! drained, which moves it twice).
+//!
+//! Candidates are active nodes not in flight. Nodes already restarted (or not in the plan, such
+//! as a new pod) come first; nodes about to be drained (the next ones the scheduler would admit)
+//! are used only when nothing else is left. Each target's weight is its room: capacity minus
+//! connections when every candidate states a capacity, else what it lacks of an even share.
+
+use super::Policy;
+use super::node::{NodeRun, Phase};
+use super::observe::{NodeView, Observation};
+use ebb_proto::NodeName;
+use ebb_proto::target::{MAX_TARGETS, Target};
+use std::collections::HashSet;
+
+/// The targets for the drain of `runs[index]`.
+pub fn for_drain(
+    runs: &[NodeRun],
+    obs: &Observation,
+    policy: &Policy,
+    index: usize,
+) -> Vec<Target> {
+    let run = &runs[index];
+    let moving = run
+        .result
+        .old_instance
+        .and_then(|i| obs.instance(run.name(), i))
+        .map_or(0, |v| v.connections);
+    let in_flight: HashSet<&NodeName> = runs
+        .iter()
+        .filter(|r| r.in_flight())
+        .map(|r| r.name())
+        .collect();
+    let pending: Vec<&NodeName> = runs
+        .iter()
+        .filter(|r| r.phase == Phase::Pending)
+        .map(|r| r.name())
+        .collect();
+    let soon: HashSet<&NodeName> = pending
+        .iter()
+        .take(policy.max_parallel.of(runs.len()))
+        .copied()
+        .collect();
+    let candidates: Vec<(&NodeName, &NodeView)> = obs
+        .active_except(&in_flight)
+        .filter(|(name, v)| *name != run.name() && target(v).is_some())
+        .collect();
+    let room = rooms(obs, &candidates);
+    let pick = |keep: &dyn Fn(&NodeName) -> bool| -> Vec<(usize, u64)> {
+        (0..candidates.len())
+            .filter(|&k| keep(candidates[k].0))
+            .map(|k| (k, room[k]))
+            .collect()
+    };
+    let fresh = pick(&|name| !pending.contains(&name));
+    let fresh_room: u64 = fresh.iter().map(|(_, r)| *r).fold(0, u64::saturating_add);
+    let mut pool = if !fresh.is_empty() && fresh_room >= moving {
+        fresh
+    } else {
+        pick(&|name| !soon.contains(name))
+    };
+    if pool.is_empty() {
+        pool = pick(&|_| true);
+    }
+    pool.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    pool.truncate(MAX_TARGETS);
+    pool.into_iter()
+        .filter_map(|(k, weight)| {
+            let mut t = target(candidates[k].1)?;
+            t.weight = weight.max(1);
+            Some(t)
+        })
+        .collect()
+}
+
+/// A candidate's room for more connections.
+fn rooms(obs: &Observation, candidates: &[(&NodeName, &NodeView)]) -> Vec<u64> {
+    if candidates.iter().all(|(_, v)| v.capacity.is_some()) {
+        return candidates
+            .iter()
+            .map(|(_, v)| v.capacity.unwrap_or(0).saturating_sub(v.connections).max(1))
+            .collect();
+    }
+    let total = obs
+        .nodes
+        .values()
+        .map(|v| v.connections)
+        .fold(0, u64::saturating_add);
+    let share = total.div_ceil(obs.nodes.len().max(1) as u64);
+    candidates
+        .iter()
+        .map(|(_, v)| share.saturating_sub(v.connections).max(1))
+        .collect()
+}
+
+/// The node as a target, if its URL can be one.
+fn target(view: &NodeView) -> Option<Target> {
+    let t = Target {
+        url: view.url.clone(),
+        weight: 1,
+    };
+    t.validate().ok().map(|()| t)
+}
+
+#[cfg(test)]
+#[path = "tests/targets.rs"]
+mod tests;
