@@ -20,6 +20,9 @@
 #   haproxy          `haproxy -c` of deploy/compose/haproxy.cfg
 #   systemd-analyze  `verify` of the units (ExecStart pointed at stand-in binaries)
 #   kubectl          `kubectl kustomize deploy/k8s` (or `kustomize build`)
+#   redis-server     deploy/redis/acl.example.conf loads as a throwaway server's `aclfile` (on a
+#                    Unix socket, no port), each user logs in, a few rules refuse what they must;
+#                    with a built `ebb`, the file is what deploy/redis/generate.sh prints
 # Exit status: 0 when nothing failed (skips are not failures), 1 otherwise.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -186,6 +189,65 @@ elif out=$("${kustomize[@]}" 2>&1); then
     ok "deploy/k8s: \`${kustomize[*]}\` renders $(grep -c '^kind:' <<<"$out") objects"
 else
     fail "deploy/k8s: ${kustomize[*]}: $out"
+fi
+
+# ---- Redis ACL file ---------------------------------------------------------------------------
+section "redis-server: deploy/redis/acl.example.conf"
+acl=deploy/redis/acl.example.conf
+built_ebb=""
+for dir in target/debug target/release; do
+    [ -z "$built_ebb" ] && [ -x "$dir/ebb" ] && built_ebb=$dir/ebb
+done
+if [ -z "$built_ebb" ]; then
+    skip "$acl: no built ebb CLI to regenerate it with (cargo build --workspace --bins)"
+elif diff -u "$acl" <(deploy/redis/generate.sh "$built_ebb") >"$work/acl.diff" 2>&1; then
+    ok "$acl: is what deploy/redis/generate.sh $built_ebb prints"
+else
+    fail "$acl differs from \`deploy/redis/generate.sh $built_ebb\` (regenerate it, or rebuild ebb): $(head -12 "$work/acl.diff")"
+fi
+if ! have redis-server || ! have redis-cli; then
+    skip "$acl: redis-server and redis-cli are not installed"
+else
+    sock=$work/redis.sock
+    redis-server --port 0 --unixsocket "$sock" --save '' --appendonly no --dir "$work" \
+        --aclfile "$PWD/$acl" >"$work/redis.log" 2>&1 &
+    redis_pid=$!
+    cleanup_steps+=("kill $redis_pid 2>/dev/null; wait $redis_pid 2>/dev/null")
+    as() { local user=$1; shift; redis-cli -s "$sock" --user "$user" --pass CHANGE-ME --no-auth-warning "$@" 2>&1; }
+    up=0
+    for _ in $(seq 50); do
+        [ "$(as ebb-viewer PING)" = PONG ] && { up=1; break; }
+        kill -0 "$redis_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ "$up" = 0 ]; then
+        fail "$acl: redis-server did not start with it: $(grep -iE 'acl|error' "$work/redis.log" | head -3)"
+    else
+        problems=()
+        for user in $(awk '$1 == "user" && $2 != "default" { print $2 }' "$acl"); do
+            [ "$(as "$user" PING)" = PONG ] || problems+=("$user cannot log in and PING")
+        done
+        [[ $(redis-cli -s "$sock" PING 2>&1) == *NOAUTH* ]] || problems+=("the default user is not off")
+        refuse() {
+            local out
+            out=$(as "$@")
+            [[ $out == *NOPERM* ]] || problems+=("$1 ${*:2}: $out (expected NOPERM)")
+        }
+        refuse ebb-node-node-1 HSET 'ebb:{default}:node:node-2' state drained
+        refuse ebb-node-node-1 PUBLISH 'ebb:{default}:commands:node-2' x
+        refuse ebb-node-node-1 SET 'ebb:{default}:rollout:lock' x
+        refuse ebb-trigger HSET 'ebb:{default}:node:node-1' state drained
+        refuse ebb-trigger PUBLISH 'ebb:{default}:events' x
+        refuse ebb-trigger SET 'ebb:{default}:rollout:state' x
+        refuse ebb-viewer PUBLISH 'ebb:{default}:commands:node-1' x
+        refuse ebb-coordinator HSET 'ebb:{default}:node:node-1' state drained
+        refuse ebb-coordinator PUBLISH 'ebb:{default}:events' x
+        if [ ${#problems[@]} -eq 0 ]; then
+            ok "$acl: loads into redis-server $(redis-server --version | awk '{ sub("v=", "", $3); print $3 }'), every user logs in, nodes/trigger/viewer/coordinator are refused what they must be"
+        else
+            fail "$acl: ${problems[*]}"
+        fi
+    fi
 fi
 
 # ---- optional: the compose stack for real ----------------------------------------------------

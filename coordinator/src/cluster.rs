@@ -39,12 +39,16 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a signed command stays valid.
 pub const COMMAND_TTL: Duration = Duration::from_secs(300);
 
-/// Removes a name from the index only if its record is (still) gone: a node may re-register
-/// between the read that found it stale and this. KEYS: index, record. ARGV: name.
+/// Removes a name from the index only if its heartbeat is still older than the threshold: a node
+/// may re-register between the read that found it stale and this, and its registration (record
+/// and index entry, one script) moves its score. Only the index is declared, so the rule that
+/// allows it needs no write access to records (deploy/redis ACLs). KEYS: index. ARGV: name,
+/// threshold (ms).
 static PRUNE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r#"
-if redis.call('EXISTS', KEYS[2]) == 0 then
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) < tonumber(ARGV[2]) then
   return redis.call('ZREM', KEYS[1], ARGV[1])
 end
 return 0
@@ -66,6 +70,15 @@ return 0
 "#,
     )
 });
+
+/// A client for `url` that sends no `CLIENT SETINFO` on connect: that command does not exist
+/// before Redis 7.2, so the ACL rules (`ebb acl`) cannot name it, and refused it would leave a
+/// denial in the ACL LOG for every connection.
+fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    redis::Client::open(info.set_redis_settings(settings))
+}
 
 /// What the event intake refused or dropped, by reason; shared by the subscription task (which
 /// counts) and the engine (which reports).
@@ -190,7 +203,7 @@ impl Cluster {
         secret: Option<Secret>,
     ) -> Result<Cluster, ClusterError> {
         let keys = Keys::new(cluster)?;
-        let client = redis::Client::open(url).map_err(|source| ClusterError::Url {
+        let client = client(url).map_err(|source| ClusterError::Url {
             url: url.to_owned(),
             source,
         })?;
@@ -264,13 +277,12 @@ impl Cluster {
         }
         let hashes: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn).await?;
         let stale_before = ebb_proto::time::now_ms()
-            .saturating_sub(2 * ebb_proto::keys::NODE_TTL.as_millis() as u64)
-            as f64;
+            .saturating_sub(2 * ebb_proto::keys::NODE_TTL.as_millis() as u64);
         let mut records = Vec::with_capacity(names.len());
         let mut stale = Vec::new();
         for ((name, score), hash) in names.into_iter().zip(hashes) {
             if hash.is_empty() {
-                if score < stale_before {
+                if score < stale_before as f64 {
                     stale.push(name);
                 }
                 continue;
@@ -278,12 +290,24 @@ impl Cluster {
             records.extend(self.parse(&name, &hash));
         }
         for name in stale {
-            let _: i64 = PRUNE
+            let pruned: Result<i64, _> = PRUNE
                 .key(self.keys.nodes())
-                .key(self.keys.node(&name))
                 .arg(name.as_str())
+                .arg(stale_before)
                 .invoke_async(&mut self.conn)
-                .await?;
+                .await;
+            match pruned {
+                Ok(_) => {}
+                // A viewer or a trigger may read the index but not prune it (deploy/redis ACLs);
+                // the coordinator will.
+                Err(error)
+                    if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) =>
+                {
+                    tracing::debug!(%error, "not allowed to prune the node index; leaving it to the coordinator");
+                    break;
+                }
+                Err(error) => return Err(error.into()),
+            }
         }
         records.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(records)

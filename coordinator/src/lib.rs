@@ -5,7 +5,7 @@
 //! - [`lock`]: one rollout per cluster;
 //! - [`rollout`]: the step function, observations, the engine and the report;
 //! - [`commands`]: one module per subcommand (`status`, `drain`, `resume`, `rolling-restart`,
-//!   `sign`), each returning an [`commands::Outcome`] the binary maps to an exit code;
+//!   `sign`, `acl`), each returning an [`commands::Outcome`] the binary maps to an exit code;
 //! - [`progress`]: live progress on a terminal, plain lines elsewhere;
 //! - [`exec`]: `--exec` commands.
 

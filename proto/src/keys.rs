@@ -6,15 +6,21 @@
 //! | builder | type | written by | read by |
 //! | --- | --- | --- | --- |
 //! | [`Keys::node`] `ebb:{c}:node:<name>` | hash ([`crate::record`] fields), TTL [`NODE_TTL`] refreshed every [`HEARTBEAT_INTERVAL`] | node | coordinator |
-//! | [`Keys::nodes`] `ebb:{c}:nodes` | sorted set: member = node name, score = last heartbeat (ms) | node | coordinator (listing without SCAN) |
+//! | [`Keys::nodes`] `ebb:{c}:nodes` | sorted set: member = node name, score = last heartbeat (ms) | node (the coordinator prunes stale names) | coordinator, `ebb status` (listing without SCAN) |
 //! | [`Keys::commands`] `ebb:{c}:commands:<name>` | pub/sub channel of [`crate::command`] payloads | coordinator, CI/CD, `redis-cli` | node |
-//! | [`Keys::desired`] `ebb:{c}:desired:<name>` | string: the last command payload, TTL [`DESIRED_TTL`] | coordinator | node, on (re)connect |
+//! | [`Keys::desired`] `ebb:{c}:desired:<name>` | string: the last command payload, TTL [`DESIRED_TTL`] | coordinator, `ebb drain`/`resume` | node, on (re)connect |
 //! | [`Keys::instance`] `ebb:{c}:instance:<name>:<uuid>` | hash: the same fields as the record, this process's own, TTL [`NODE_TTL`] | node (every heartbeat) | coordinator (is the old instance still alive?) |
 //! | [`Keys::nonce`] `ebb:{c}:nonce:<nonce>` | string, `SET NX PX` until the command expires | node (on applying a signed command) | node (replay check) |
 //! | [`Keys::events`] `ebb:{c}:events` | pub/sub channel of [`crate::event`] JSON | node | coordinator |
 //! | [`Keys::rollout_lock`] `ebb:{c}:rollout:lock` | string: holder token, PX expiry [`ROLLOUT_LOCK_TTL`] | coordinator | coordinator |
 //! | [`Keys::rollout_control`] `ebb:{c}:rollout:control` | string: [`crate::control`] JSON (sealed with a secret) | `ebb rollout`, CI, coordinator (`--pause-after`) | coordinator (every tick) |
 //! | [`Keys::rollout_state`] `ebb:{c}:rollout:state` | string: JSON rollout progress, for `--resume` | coordinator | coordinator |
+//!
+//! Redis ACL key and channel patterns ([`crate::acl`]) come from here too: [`Keys::any_node`],
+//! [`Keys::instances_of`], [`Keys::any_instance`], [`Keys::any_desired`], [`Keys::any_nonce`],
+//! [`Keys::any_commands`]. Each is its key's own spelling with `*` where the variable part goes;
+//! a pattern is exact elsewhere because cluster and node names (and nonces) hold no glob
+//! character (`*`, `?`, `[`, `\`) and no `:`, so `instance:n1:*` never matches `n10`'s copies.
 
 pub use crate::name::{MAX_NAME_LEN, NameError, NodeName, validate_name};
 use std::time::Duration;
@@ -61,9 +67,19 @@ impl Keys {
         &self.cluster
     }
 
+    /// `ebb:{c}:<kind>:`: what every key of one kind starts with.
+    fn of_kind(&self, kind: &str) -> String {
+        format!("{}{kind}:", self.prefix)
+    }
+
     /// `ebb:{c}:node:<name>`: the node record hash.
     pub fn node(&self, name: &NodeName) -> String {
-        format!("{}node:{name}", self.prefix)
+        self.of_kind("node") + name.as_str()
+    }
+
+    /// `ebb:{c}:node:*`: the ACL pattern of every node record.
+    pub fn any_node(&self) -> String {
+        self.of_kind("node") + "*"
     }
 
     /// `ebb:{c}:nodes`: the index of node names, scored by last heartbeat.
@@ -73,25 +89,50 @@ impl Keys {
 
     /// `ebb:{c}:commands:<name>`: the channel a node listens on for its commands.
     pub fn commands(&self, name: &NodeName) -> String {
-        format!("{}commands:{name}", self.prefix)
+        self.of_kind("commands") + name.as_str()
+    }
+
+    /// `ebb:{c}:commands:*`: the ACL pattern of every node's command channel.
+    pub fn any_commands(&self) -> String {
+        self.of_kind("commands") + "*"
     }
 
     /// `ebb:{c}:desired:<name>`: the last command for a node, reconciled on (re)connect.
     pub fn desired(&self, name: &NodeName) -> String {
-        format!("{}desired:{name}", self.prefix)
+        self.of_kind("desired") + name.as_str()
+    }
+
+    /// `ebb:{c}:desired:*`: the ACL pattern of every node's desired state.
+    pub fn any_desired(&self) -> String {
+        self.of_kind("desired") + "*"
     }
 
     /// `ebb:{c}:instance:<name>:<instance>`: one process's own copy of its record, written on
     /// every heartbeat whether or not it still owns [`Keys::node`], so the coordinator can tell
     /// that an old instance is still alive after its replacement took the name over.
     pub fn instance(&self, name: &NodeName, instance: Uuid) -> String {
-        format!("{}instance:{name}:{}", self.prefix, instance.simple())
+        format!("{}{name}:{}", self.of_kind("instance"), instance.simple())
+    }
+
+    /// `ebb:{c}:instance:<name>:*`: the ACL pattern of every copy node `name`'s processes write.
+    pub fn instances_of(&self, name: &NodeName) -> String {
+        format!("{}{name}:*", self.of_kind("instance"))
+    }
+
+    /// `ebb:{c}:instance:*`: the ACL pattern of every node's copies.
+    pub fn any_instance(&self) -> String {
+        self.of_kind("instance") + "*"
     }
 
     /// `ebb:{c}:nonce:<nonce>`: a signed command's nonce, remembered until the command expires
     /// (`SET NX PX`), so a replay is refused even by a node that restarted since.
     pub fn nonce(&self, nonce: &str) -> String {
-        format!("{}nonce:{nonce}", self.prefix)
+        self.of_kind("nonce") + nonce
+    }
+
+    /// `ebb:{c}:nonce:*`: the ACL pattern of every nonce key.
+    pub fn any_nonce(&self) -> String {
+        self.of_kind("nonce") + "*"
     }
 
     /// `ebb:{c}:events`: the channel every node of the cluster publishes events on.
@@ -117,7 +158,7 @@ impl Keys {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -145,6 +186,44 @@ mod tests {
             keys.instance(&web, Uuid::nil()),
             "ebb:{prod-eu}:instance:web-1:00000000000000000000000000000000"
         );
+    }
+
+    /// Redis's glob as far as ebb's patterns use it: `*` (any run) and literal characters.
+    pub(crate) fn glob(pattern: &str, text: &str) -> bool {
+        match pattern.split_once('*') {
+            None => pattern == text,
+            Some((head, rest)) => {
+                let Some(tail) = text.strip_prefix(head) else {
+                    return false;
+                };
+                (0..=tail.len()).any(|at| tail.is_char_boundary(at) && glob(rest, &tail[at..]))
+            }
+        }
+    }
+
+    #[test]
+    fn patterns_match_their_keys_and_nothing_next_to_them() {
+        let keys = Keys::new("c").unwrap();
+        let n1 = NodeName::parse("n1").unwrap();
+        let n10 = NodeName::parse("n10").unwrap();
+        let id = Uuid::new_v4();
+        for (pattern, matching) in [
+            (keys.any_node(), keys.node(&n1)),
+            (keys.any_instance(), keys.instance(&n1, id)),
+            (keys.instances_of(&n1), keys.instance(&n1, id)),
+            (keys.any_desired(), keys.desired(&n1)),
+            (keys.any_commands(), keys.commands(&n1)),
+            (keys.any_nonce(), keys.nonce("abc")),
+        ] {
+            assert!(glob(&pattern, &matching), "{pattern} {matching}");
+        }
+        assert!(!glob(&keys.instances_of(&n1), &keys.instance(&n10, id)));
+        assert!(!glob(&keys.any_node(), &keys.nodes()));
+        assert!(!glob(&keys.any_node(), &keys.instance(&n1, id)));
+        let other = Keys::new("c2").unwrap();
+        assert!(!glob(&keys.any_node(), &other.node(&n1)));
+        assert!(!glob(&keys.any_commands(), &keys.events()));
+        assert!(glob("a*b*c", "axxbyyc") && !glob("a*b", "ab-c") && glob("*", ""));
     }
 
     #[test]

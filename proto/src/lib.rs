@@ -6,6 +6,7 @@
 //! Layout:
 //! - [`name`]: [`NodeName`], the only way a node name gets anywhere;
 //! - [`keys`]: the Redis key and channel schema, TTLs and intervals (nobody else formats a key);
+//! - [`acl`]: Redis ACL rules per role (node, coordinator, trigger, viewer), from that schema;
 //! - [`state`]: the node lifecycle states as stored and published;
 //! - [`record`]: the node record hash a node writes and the coordinator reads;
 //! - [`command`]: drain / resume commands, their validation, signing envelope and refusals;
@@ -17,6 +18,7 @@
 //! - [`target`]: reconnect targets a drain or shed hands its clients;
 //! - [`time`]: wall-clock milliseconds, the unit every timestamp on the wire uses.
 
+pub mod acl;
 pub mod close;
 pub mod command;
 pub mod control;

@@ -2,7 +2,7 @@
 //! (a node that exits is started again under the same name, as systemd or Kubernetes would),
 //! the `ebb` CLI, and a log of every event the nodes publish.
 
-use crate::process::{Node, Proc};
+use crate::process::{Logs, Node, Options, Proc};
 use ebb_proto::{Event, EventKind, Keys, NodeState};
 use futures_util::StreamExt;
 use nix::sys::signal::Signal;
@@ -24,6 +24,8 @@ pub struct Supervised {
     restart_delay_ms: Arc<AtomicU64>,
     pid: Arc<AtomicU32>,
     starts: Arc<AtomicUsize>,
+    /// The stderr of every process started so far, in order.
+    logs: Arc<Mutex<Vec<Logs>>>,
     addr: watch::Receiver<Option<SocketAddr>>,
     task: JoinHandle<()>,
 }
@@ -35,12 +37,14 @@ impl Supervised {
         let restart_delay_ms = Arc::new(AtomicU64::new(0));
         let pid = Arc::new(AtomicU32::new(0));
         let starts = Arc::new(AtomicUsize::new(0));
+        let logs: Arc<Mutex<Vec<Logs>>> = Arc::default();
         let (addr_tx, mut addr) = watch::channel(None);
         let mut all = vec!["--name".to_owned(), name.to_owned()];
         all.extend(args);
         let task = tokio::spawn({
             let (restart, pid, starts) = (restart.clone(), pid.clone(), starts.clone());
             let delay = restart_delay_ms.clone();
+            let logs = logs.clone();
             async move {
                 let mut listen: Option<SocketAddr> = None;
                 loop {
@@ -52,6 +56,7 @@ impl Supervised {
                     }
                     let args: Vec<&str> = args.iter().map(String::as_str).collect();
                     let mut node = Node::start(&args).await;
+                    logs.lock().unwrap().push(node.proc.log_handle());
                     listen = Some(node.addr);
                     pid.store(node.proc.pid(), Ordering::SeqCst);
                     starts.fetch_add(1, Ordering::SeqCst);
@@ -75,9 +80,16 @@ impl Supervised {
             restart_delay_ms,
             pid,
             starts,
+            logs,
             addr,
             task,
         }
+    }
+
+    /// The stderr lines of every process started under this name so far, oldest first.
+    pub fn logs(&self) -> Vec<String> {
+        let logs = self.logs.lock().unwrap().clone();
+        logs.iter().flat_map(Logs::lines).collect()
     }
 
     /// Whether an exit is followed by a new start.
@@ -167,8 +179,25 @@ pub async fn ebb(
     (status.code().unwrap_or(-1), stdout.join("\n"), proc.logs())
 }
 
+/// [`ebb`] with the environment variables `env` added.
+pub async fn ebb_env(
+    redis_url: &str,
+    cluster: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> (i32, String, Vec<String>) {
+    let mut proc = ebb_spawn_env(redis_url, cluster, args, env);
+    let (status, stdout) = proc.wait_with_output(limit).await;
+    (status.code().unwrap_or(-1), stdout.join("\n"), proc.logs())
+}
+
 /// Starts `ebb --redis <url> --cluster <cluster> <args>` without waiting.
 pub fn ebb_spawn(redis_url: &str, cluster: &str, args: &[&str]) -> Proc {
+    ebb_spawn_env(redis_url, cluster, args, &[])
+}
+
+fn ebb_spawn_env(redis_url: &str, cluster: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut all = vec![
         "--redis".to_owned(),
         redis_url.to_owned(),
@@ -176,7 +205,7 @@ pub fn ebb_spawn(redis_url: &str, cluster: &str, args: &[&str]) -> Proc {
         cluster.to_owned(),
     ];
     all.extend(args.iter().map(|s| s.to_string()));
-    Proc::spawn(&crate::bin::path("ebb"), &all)
+    Proc::spawn_with_env(&crate::bin::path("ebb"), &all, Options::default(), env)
 }
 
 /// Every event of a cluster, with when it was received.

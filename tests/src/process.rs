@@ -35,6 +35,17 @@ impl Default for Options {
     }
 }
 
+/// The stderr lines of a process, readable while it runs and after ([`Proc::log_handle`]).
+#[derive(Debug, Clone)]
+pub struct Logs(Arc<Output>);
+
+impl Logs {
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lines.lock().unwrap().clone()
+    }
+}
+
 /// A running child process; killed when dropped.
 #[derive(Debug)]
 pub struct Proc {
@@ -89,8 +100,19 @@ impl Proc {
 
     /// Starts `program` with `args` and `options`.
     pub fn spawn_with(program: &std::path::Path, args: &[String], options: Options) -> Proc {
+        Proc::spawn_with_env(program, args, options, &[])
+    }
+
+    /// Starts `program` with `args`, `options` and the environment variables `env` added.
+    pub fn spawn_with_env(
+        program: &std::path::Path,
+        args: &[String],
+        options: Options,
+        env: &[(&str, &str)],
+    ) -> Proc {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().copied())
             .env("EBB_LOG", "info,ebb_node=debug")
             .env("NO_COLOR", "1")
             .stdin(if options.stdin {
@@ -137,6 +159,11 @@ impl Proc {
     /// Every stderr line so far.
     pub fn logs(&self) -> Vec<String> {
         self.stderr.lines.lock().unwrap().clone()
+    }
+
+    /// A handle that reads this process's stderr lines, also after the process is gone.
+    pub fn log_handle(&self) -> Logs {
+        Logs(self.stderr.clone())
     }
 
     /// Every stdout line so far.

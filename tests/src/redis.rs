@@ -7,7 +7,7 @@
 use std::time::Duration;
 use testcontainers::core::{ContainerRequest, IntoContainerPort, WaitFor};
 use testcontainers::runners::AsyncRunner;
-use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use testcontainers::{ContainerAsync, CopyTargetOptions, GenericImage, ImageExt};
 
 /// The image used when `EBB_REDIS_IMAGE` is unset.
 pub const DEFAULT_IMAGE: &str = "ebb/redis:local";
@@ -79,9 +79,31 @@ impl Redis {
         Redis { container, url }
     }
 
+    /// Starts Redis with `acl` as its ACL file (`--aclfile`): only the users it defines exist,
+    /// and with `user default off` in it, [`url`](Self::url) and [`connection`](Self::connection)
+    /// are refused; use [`url_as`](Self::url_as).
+    pub async fn run_with_acl_file(acl: String) -> Redis {
+        const PATH: &str = "/etc/ebb-acl.conf";
+        Redis::run_with(|request| {
+            request
+                .with_copy_to(
+                    CopyTargetOptions::new(PATH).with_mode(0o644),
+                    acl.into_bytes(),
+                )
+                .with_cmd(["--aclfile", PATH])
+        })
+        .await
+    }
+
     /// `redis://127.0.0.1:<mapped port>`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// `redis://<user>:<password>@127.0.0.1:<mapped port>`.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        self.url
+            .replacen("redis://", &format!("redis://{user}:{password}@"), 1)
     }
 
     /// The container, for what the wrappers here do not cover (logs, exec, id).

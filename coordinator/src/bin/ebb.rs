@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use ebb_coordinator::commands::{self, Outcome, Target};
 use ebb_coordinator::rollout::{self, OnCheckFail, Overrides};
 use ebb_proto::NodeName;
+use ebb_proto::acl::UserName;
 use ebb_proto::command::{Action, Drain, Resume, Then};
 use ebb_proto::control::Mode;
 use std::process::ExitCode;
@@ -114,6 +115,67 @@ enum Cmd {
         #[command(subcommand)]
         action: SignAction,
     },
+    /// Print the Redis ACL rules of one role of the cluster (needs no Redis).
+    Acl(AclArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RoleArg {
+    /// One node: its own record, copies and desired state, its command channel, events.
+    Node,
+    /// The rollout: reads everything, writes desired state, the lock and the rollout state.
+    Coordinator,
+    /// CI/CD: `ebb drain`/`resume`, `redis-cli PUBLISH` of commands.
+    Trigger,
+    /// `ebb status`: reads records and the index.
+    Viewer,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AclFormat {
+    /// `ACL SETUSER ...` lines, for `redis-cli` to read from stdin.
+    Commands,
+    /// `user ...` lines, for Redis's `aclfile`.
+    Aclfile,
+}
+
+#[derive(Debug, clap::Args)]
+struct AclArgs {
+    #[arg(long, value_enum)]
+    role: RoleArg,
+    /// With --role node: the node (repeat for several; one user each).
+    #[arg(long = "node", value_name = "NAME")]
+    nodes: Vec<NodeName>,
+    /// The user's name [default: ebb-node-<NAME>, ebb-coordinator, ebb-trigger, ebb-viewer].
+    #[arg(long)]
+    user: Option<UserName>,
+    /// Environment variable holding the password (its SHA-256 is printed); without it the
+    /// placeholder >CHANGE-ME.
+    #[arg(long, value_name = "VAR")]
+    password_env: Option<String>,
+    #[arg(long, value_enum, default_value = "commands")]
+    format: AclFormat,
+}
+
+impl AclArgs {
+    fn into_args(self) -> commands::acl::Args {
+        use commands::acl::{Format, RoleKind};
+        commands::acl::Args {
+            role: match self.role {
+                RoleArg::Node => RoleKind::Node,
+                RoleArg::Coordinator => RoleKind::Coordinator,
+                RoleArg::Trigger => RoleKind::Trigger,
+                RoleArg::Viewer => RoleKind::Viewer,
+            },
+            nodes: self.nodes,
+            user: self.user,
+            password_env: self.password_env,
+            format: match self.format {
+                AclFormat::Commands => Format::Commands,
+                AclFormat::Aclfile => Format::AclFile,
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Subcommand)]
@@ -342,6 +404,7 @@ fn main() -> ExitCode {
                     commands::sign::run(&target, &name, Action::Resume(Resume {}))
                 }
             },
+            Cmd::Acl(args) => commands::acl::run(&target, args.into_args()),
         }
     });
     match result {

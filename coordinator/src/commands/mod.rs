@@ -1,6 +1,7 @@
 //! The subcommands. Each takes its parsed arguments and the global [`Target`], and returns an
 //! [`Outcome`]; only the binary turns outcomes into exit codes and prints errors.
 
+pub mod acl;
 pub mod drain;
 pub mod resume;
 pub mod rolling_restart;

@@ -129,8 +129,7 @@ impl Agent {
         control: Control,
         metrics: Arc<Metrics>,
     ) -> Result<Agent, AgentError> {
-        let client =
-            redis::Client::open(config.redis_url.as_str()).map_err(AgentError::RedisUrl)?;
+        let client = client(&config.redis_url).map_err(AgentError::RedisUrl)?;
         let keys = Keys::new(&config.cluster)?;
         let instance = Uuid::new_v4();
         let stop = CancellationToken::new();
@@ -213,4 +212,13 @@ impl Retry {
             () = stop.cancelled() => false,
         }
     }
+}
+
+/// A client for `url` that sends no `CLIENT SETINFO` on connect: that command does not exist
+/// before Redis 7.2, so a node's ACL rules (`ebb acl`) cannot name it, and refused it would leave
+/// a denial in the ACL LOG for every connection.
+fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url)?;
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    redis::Client::open(info.set_redis_settings(settings))
 }
