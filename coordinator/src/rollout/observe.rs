@@ -30,6 +30,8 @@ pub struct NodeView {
     pub url: String,
     pub started_at_ms: u64,
     pub updated_at_ms: u64,
+    /// How long its record lives without a heartbeat.
+    pub ttl_ms: u64,
 }
 
 impl From<&NodeRecord> for NodeView {
@@ -42,6 +44,7 @@ impl From<&NodeRecord> for NodeView {
             url: record.url.clone(),
             started_at_ms: record.started_at_ms,
             updated_at_ms: record.updated_at_ms,
+            ttl_ms: record.ttl_ms,
         }
     }
 }

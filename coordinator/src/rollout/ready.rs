@@ -40,8 +40,11 @@ impl NodeRun {
         match view {
             Some(v) if v.instance == new && v.state == NodeState::Active => {
                 let soaked = now.saturating_sub(since) >= ctx.policy.min_ready;
-                // A heartbeat since the soak began: alive, not a record waiting to expire.
-                if soaked && v.updated_at_ms > since_wall_ms {
+                // Heartbeating: one since the soak began, and a recent one (a killed process's
+                // record lingers until its TTL).
+                let alive = v.updated_at_ms > since_wall_ms
+                    && v.updated_at_ms.saturating_add(v.ttl_ms / 2) >= ctx.obs.wall_ms;
+                if soaked && alive {
                     return self.ready(ctx, new);
                 }
                 Act(NodeAction::Wait)

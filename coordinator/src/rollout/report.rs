@@ -2,7 +2,7 @@
 //! contract: `status`, `duration_ms`, and per node `name`, `old_instance`, `new_instance`,
 //! `connections_before`, `drain_ms`, `restart_ms`, `forced_closes`), and summarised for people.
 
-use super::node::NodeRun;
+use super::node::{CheckResult, NodeRun};
 use ebb_proto::NodeName;
 use serde::Serialize;
 use uuid::Uuid;
@@ -36,6 +36,12 @@ pub struct NodeReport {
     pub lost: bool,
     /// From the node's "zero connections" event to the coordinator acting on it.
     pub react_ms: Option<u64>,
+    /// How its `--check` ended, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckResult>,
+    /// Where its drain sent its clients.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<String>,
 }
 
 impl NodeReport {
@@ -53,6 +59,8 @@ impl NodeReport {
             forced_closes: result.forced_closes,
             lost: result.lost,
             react_ms,
+            check: result.check.clone(),
+            targets: result.targets.clone(),
         }
     }
 }

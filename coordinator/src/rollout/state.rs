@@ -163,8 +163,9 @@ impl Rollout {
     }
 
     /// Everything to do now: the nodes in flight step first, in plan order, then the scheduler
-    /// admits what the limits allow. An abort from anywhere is the only action returned: nothing
-    /// else is touched after it. No action means wait.
+    /// admits what the limits allow. A failure is the only action returned: nothing else is
+    /// touched after it; an abort someone asked for comes last, after the nodes that finished
+    /// in this step. No action means wait.
     pub fn step(
         &mut self,
         obs: &Observation,
@@ -192,10 +193,22 @@ impl Rollout {
         if let Some(pause) = self.canary(policy) {
             actions.push(pause);
         }
+        // A pause asked in this step holds from this step: nothing more is admitted now.
+        for action in &actions {
+            if let Action::Pause { reason } = action {
+                self.set_mode(
+                    Mode::Paused,
+                    Some(reason.clone()),
+                    Some("this rollout".to_owned()),
+                );
+            }
+        }
         if self.mode == Mode::Aborted && self.in_flight().next().is_none() {
+            // After what finished this step (its desired state is taken back first).
             let by = self.mode_by.clone().unwrap_or_else(|| "someone".to_owned());
             let reason = self.mode_reason.clone().unwrap_or_default();
-            return vec![Action::Abort(Abort::Requested { by, reason })];
+            actions.push(Action::Abort(Abort::Requested { by, reason }));
+            return actions;
         }
         loop {
             if self.mode != Mode::Running {

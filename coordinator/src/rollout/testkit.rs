@@ -53,6 +53,7 @@ impl Script {
             url: "ws://127.0.0.1:1/ws".into(),
             started_at_ms: self.obs.wall_ms,
             updated_at_ms: self.obs.wall_ms,
+            ttl_ms: 10_000,
         }
     }
 

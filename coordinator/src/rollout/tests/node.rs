@@ -401,3 +401,117 @@ fn a_run_survives_serialization() {
     let back: NodeRun = serde_json::from_str(&json).unwrap();
     assert_eq!(back, run);
 }
+
+#[test]
+fn min_ready_waits_for_the_same_instance_heartbeating_and_starts_over_on_a_restart() {
+    let [a, a2, a3, b] = ids();
+    let mut s = Script::new(&[("a", a, ACTIVE, 0), ("b", b, ACTIVE, 0)]);
+    let policy = Policy {
+        min_ready: ms(1000),
+        ..Policy::default()
+    };
+    let mut run = admitted(&mut s, a, 0);
+    s.remove("a");
+    s.obs.deregistered.insert(a);
+    step(&mut run, s.at(10), &policy);
+    s.set("a", a2, ACTIVE, 0);
+    assert_eq!(step(&mut run, s.at(20), &policy), NodeAction::Wait);
+    assert!(
+        matches!(run.phase, Phase::Soaking { new, .. } if new == a2),
+        "{:?}",
+        run.phase
+    );
+    // Restarted before the soak ended: it starts over with the new instance.
+    s.set("a", a3, ACTIVE, 0);
+    assert_eq!(step(&mut run, s.at(900), &policy), NodeAction::Wait);
+    assert!(
+        matches!(run.phase, Phase::Soaking { new, .. } if new == a3),
+        "{:?}",
+        run.phase
+    );
+    // A second after *its* start, and heartbeating: ready.
+    s.set("a", a3, ACTIVE, 0);
+    assert_eq!(
+        step(&mut run, s.at(1500), &policy),
+        NodeAction::Wait,
+        "not yet"
+    );
+    s.set("a", a3, ACTIVE, 0);
+    assert_eq!(step(&mut run, s.at(1910), &policy), NodeAction::Done);
+    assert_eq!(run.result.new_instance, Some(a3));
+}
+
+#[test]
+fn a_replacement_that_stopped_heartbeating_does_not_pass_its_soak() {
+    let [a, a2, b] = ids();
+    let mut s = Script::new(&[("a", a, ACTIVE, 0), ("b", b, ACTIVE, 0)]);
+    let policy = Policy {
+        min_ready: ms(1000),
+        ..Policy::default()
+    };
+    let mut run = admitted(&mut s, a, 0);
+    s.remove("a");
+    s.obs.deregistered.insert(a);
+    step(&mut run, s.at(10), &policy);
+    s.set("a", a2, ACTIVE, 0);
+    step(&mut run, s.at(20), &policy);
+    s.set("a", a2, ACTIVE, 0); // one heartbeat, then it dies (the record lingers)
+    assert_eq!(step(&mut run, s.at(30), &policy), NodeAction::Wait);
+    assert_eq!(
+        step(&mut run, s.at(6_000), &policy),
+        NodeAction::Wait,
+        "heartbeat too old"
+    );
+}
+
+#[test]
+fn a_failing_check_pauses_or_aborts_and_a_resumed_check_runs_again() {
+    let [a, a2, b] = ids();
+    for on_fail in [
+        crate::rollout::OnCheckFail::Pause,
+        crate::rollout::OnCheckFail::Abort,
+    ] {
+        let mut s = Script::new(&[("a", a, ACTIVE, 0), ("b", b, ACTIVE, 0)]);
+        let policy = Policy {
+            check: true,
+            on_check_fail: on_fail,
+            ..Policy::default()
+        };
+        let mut run = admitted(&mut s, a, 0);
+        s.remove("a");
+        s.obs.deregistered.insert(a);
+        step(&mut run, s.at(10), &policy);
+        s.set("a", a2, ACTIVE, 0);
+        let url = s.obs.nodes[&n("a")].url.clone();
+        assert_eq!(
+            step(&mut run, s.at(20), &policy),
+            NodeAction::RunCheck { url: url.clone() }
+        );
+        let mut resumed = run.clone();
+        resumed.restart_timers(ms(0));
+        assert_eq!(
+            step(&mut resumed, s.at(0), &policy),
+            NodeAction::RunCheck { url }
+        );
+        let failed = Some(NodeInput::CheckDone(Err("503 from /health".into())));
+        let action = step_with(&mut run, s.at(30), &policy, failed);
+        match on_fail {
+            crate::rollout::OnCheckFail::Pause => {
+                assert!(
+                    matches!(&action, NodeAction::Pause(r) if r.contains("503 from /health")),
+                    "{action:?}"
+                );
+                assert_eq!(
+                    step(&mut run, s.at(40), &policy),
+                    NodeAction::Done,
+                    "its restart is done"
+                );
+            }
+            crate::rollout::OnCheckFail::Abort => assert!(
+                matches!(&action, NodeAction::Abort(Abort::CheckFailed { output, .. }) if output == "503 from /health"),
+                "{action:?}"
+            ),
+        }
+        assert_eq!(run.result.check.as_ref().map(|c| c.ok), Some(false));
+    }
+}
