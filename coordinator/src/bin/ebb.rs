@@ -96,6 +96,20 @@ enum Cmd {
     Resume { name: NodeName },
     /// Drain and restart every node, one at a time.
     RollingRestart(Box<RollingArgs>),
+    /// Even out the connections: overloaded nodes shed clients to the nodes with room, paced,
+    /// and stay active.
+    Rebalance {
+        /// Uneven means max/mean above 1 + this (10% or 0.1).
+        #[arg(long, default_value = "10%", value_parser = commands::rebalance::parse_tolerance)]
+        tolerance: f64,
+        /// Closes per second of each shedding node.
+        #[arg(long, default_value_t = rollout::rebalance::DEFAULT_RATE,
+              value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        rate: u32,
+        /// Print the result as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pause, continue or abort the running rollout (from any terminal or CI job).
     Rollout {
         #[command(subcommand)]
@@ -266,6 +280,10 @@ struct RollingArgs {
     /// What a failing --check does [default: pause].
     #[arg(long, value_enum)]
     on_check_fail: Option<CheckFailArg>,
+    /// Do not rebalance the connections at the end (by default, a fleet left uneven beyond
+    /// max/mean 1.25 is rebalanced, as `ebb rebalance` does).
+    #[arg(long)]
+    no_rebalance: bool,
     /// How long Redis may be unreachable before the rollout stops.
     #[arg(long, default_value_t = rollout::DEFAULT_REDIS_GRACE.into())]
     redis_grace: humantime::Duration,
@@ -309,6 +327,7 @@ impl RollingArgs {
                     CheckFailArg::Pause => OnCheckFail::Pause,
                     CheckFailArg::Abort => OnCheckFail::Abort,
                 }),
+                rebalance: self.no_rebalance.then_some(false),
             },
             exec: self.exec,
             check: self.check,
@@ -371,6 +390,19 @@ fn main() -> ExitCode {
                 let interrupt = CancellationToken::new();
                 tokio::spawn(interrupt_on_signals(interrupt.clone()));
                 commands::rolling_restart::run(&target, args.into_args(), interrupt).await
+            }
+            Cmd::Rebalance {
+                tolerance,
+                rate,
+                json,
+            } => {
+                let settings = rollout::rebalance::Settings {
+                    tolerance,
+                    rate,
+                    rounds: rollout::rebalance::ROUNDS,
+                };
+                commands::rebalance::run(&target, commands::rebalance::Args { settings, json })
+                    .await
             }
             Cmd::Rollout {
                 action,

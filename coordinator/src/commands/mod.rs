@@ -3,6 +3,7 @@
 
 pub mod acl;
 pub mod drain;
+pub mod rebalance;
 pub mod resume;
 pub mod rolling_restart;
 pub mod rollout;

@@ -7,6 +7,7 @@ use crate::lock::{Lock, LockError};
 use crate::progress::Progress;
 use crate::rollout::engine::{Engine, Saved};
 use crate::rollout::observe::Observation;
+use crate::rollout::rebalance::{self, Settings};
 use crate::rollout::report::{Report, Status};
 use crate::rollout::state::{Action, Rollout};
 use crate::rollout::{Overrides, Policy};
@@ -41,7 +42,7 @@ pub async fn run(
     let json = args.json;
     let report = match start(target, args, interrupt).await? {
         Started::DryRun => return Ok(Outcome::Success),
-        Started::Ran(report) => report,
+        Started::Ran(report, policy) => balanced(target, report, &policy).await?,
         // `--json` always prints one object, also when the rollout never started.
         Started::Refused(reason) => Report::refused(&target.cluster, reason),
     };
@@ -71,7 +72,26 @@ enum Started {
     DryRun,
     /// Refused before touching anything (lock held, unfinished rollout, nothing to do).
     Refused(String),
-    Ran(Report),
+    /// It ran, under this policy.
+    Ran(Report, Policy),
+}
+
+/// The last step of a completed rollout: a rebalance when the fleet ended uneven.
+async fn balanced(target: &Target, mut report: Report, policy: &Policy) -> Result<Report, Error> {
+    if report.status != Status::Completed || !policy.rebalance {
+        return Ok(report);
+    }
+    let settings = Settings {
+        tolerance: rebalance::ROLLOUT_TOLERANCE,
+        rate: rebalance::DEFAULT_RATE,
+        rounds: rebalance::ROUNDS,
+    };
+    match super::rebalance::balance(target, settings).await {
+        Ok(Ok(balance)) => report.balance = Some(balance),
+        Ok(Err(held)) => eprintln!("ebb: not rebalancing: {held}"),
+        Err(error) => eprintln!("ebb: not rebalancing: {error}"),
+    }
+    Ok(report)
 }
 
 /// What to run: a new rollout, or the saved one.
@@ -130,6 +150,7 @@ async fn start(
             progress.finish_node(run.name(), "done (before this coordinator)".to_owned());
         }
     }
+    let policy = prepared.policy.clone();
     let engine = Engine {
         io: cluster,
         policy: prepared.policy,
@@ -140,7 +161,7 @@ async fn start(
     };
     let report = engine.run(prepared.rollout, &mut progress, interrupt).await;
     progress.finish();
-    Ok(Started::Ran(report))
+    Ok(Started::Ran(report, policy))
 }
 
 /// The nodes to roll, in order: `--nodes` (each must be registered) or every registered node.

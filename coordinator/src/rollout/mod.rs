@@ -5,6 +5,7 @@
 //! engine is tested against an in-memory cluster (`tests/model.rs`) as well as real Redis.
 
 pub mod abort;
+pub mod balance;
 pub mod engine;
 pub mod io;
 mod leave;
@@ -13,6 +14,7 @@ pub mod node;
 pub mod observe;
 pub mod policy;
 mod ready;
+pub mod rebalance;
 mod replace;
 pub mod report;
 pub mod scheduler;

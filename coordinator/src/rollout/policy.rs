@@ -111,6 +111,13 @@ pub struct Policy {
     /// What a failing `--check` does.
     #[serde(default)]
     pub on_check_fail: OnCheckFail,
+    /// Rebalance the fleet's connections once every node is restarted, if they ended uneven.
+    #[serde(default = "yes")]
+    pub rebalance: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `--on-check-fail`.
@@ -142,6 +149,7 @@ impl Default for Policy {
             min_ready: DEFAULT_MIN_READY,
             check: false,
             on_check_fail: OnCheckFail::Pause,
+            rebalance: true,
         }
     }
 }
@@ -170,6 +178,7 @@ pub struct Overrides {
     #[serde(with = "ms::opt")]
     pub min_ready: Option<Duration>,
     pub on_check_fail: Option<OnCheckFail>,
+    pub rebalance: Option<bool>,
 }
 
 impl Overrides {
@@ -206,6 +215,7 @@ fn json_object(value: &impl Serialize) -> serde_json::Map<String, serde_json::Va
 fn flag(field: &str) -> String {
     match field {
         "abort_on_lost" => "--on-node-lost".to_owned(),
+        "rebalance" => "--no-rebalance".to_owned(),
         other => format!("--{}", other.replace('_', "-")),
     }
 }

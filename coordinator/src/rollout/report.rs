@@ -66,7 +66,7 @@ impl NodeReport {
 }
 
 /// The whole rollout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
     pub status: Status,
     pub cluster: String,
@@ -81,6 +81,9 @@ pub struct Report {
     /// What the events channel brought: `accepted`, and what was refused or dropped by reason
     /// (`unsigned`, `bad_signature`, `malformed`, `dropped`...). Zeros are left out.
     pub events: std::collections::BTreeMap<&'static str, u64>,
+    /// The last rebalance step, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balance: Option<super::rebalance::BalanceReport>,
     pub nodes: Vec<NodeReport>,
 }
 
@@ -96,6 +99,7 @@ impl Report {
             reason: Some(reason),
             failed_node: None,
             events: Default::default(),
+            balance: None,
             nodes: Vec::new(),
         }
     }
@@ -160,6 +164,19 @@ impl Report {
         }
         if let Some(reason) = &self.reason {
             let _ = writeln!(text, "stopped: {reason}");
+        }
+        if let Some(b) = &self.balance {
+            let _ = writeln!(
+                text,
+                "balance: max/mean connections {:.2} -> {:.2} ({} moved){}",
+                b.before,
+                b.after,
+                b.shed,
+                b.reason
+                    .as_ref()
+                    .map(|r| format!("; {r}"))
+                    .unwrap_or_default()
+            );
         }
         text
     }

@@ -73,6 +73,7 @@ impl<C: Io> Engine<C> {
             reason: stop.reason,
             failed_node,
             events: intake.counts(),
+            balance: None,
             nodes: rollout
                 .nodes
                 .iter()
