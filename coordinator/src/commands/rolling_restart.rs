@@ -42,7 +42,7 @@ pub async fn run(
     let json = args.json;
     let report = match start(target, args, interrupt).await? {
         Started::DryRun => return Ok(Outcome::Success),
-        Started::Ran(report, policy) => balanced(target, report, &policy).await?,
+        Started::Ran(ran) => balanced(target, ran.0, &ran.1).await?,
         // `--json` always prints one object, also when the rollout never started.
         Started::Refused(reason) => Report::refused(&target.cluster, reason),
     };
@@ -73,7 +73,7 @@ enum Started {
     /// Refused before touching anything (lock held, unfinished rollout, nothing to do).
     Refused(String),
     /// It ran, under this policy.
-    Ran(Report, Policy),
+    Ran(Box<(Report, Policy)>),
 }
 
 /// The last step of a completed rollout: a rebalance when the fleet ended uneven.
@@ -161,7 +161,7 @@ async fn start(
     };
     let report = engine.run(prepared.rollout, &mut progress, interrupt).await;
     progress.finish();
-    Ok(Started::Ran(report, policy))
+    Ok(Started::Ran(Box::new((report, policy))))
 }
 
 /// The nodes to roll, in order: `--nodes` (each must be registered) or every registered node.

@@ -44,7 +44,7 @@ pub fn plan(nodes: &[(NodeName, NodeView)], tolerance: f64, rate: u32) -> Vec<(N
             (room > 0 && target.validate().is_ok()).then_some(target)
         })
         .collect();
-    targets.sort_by(|a, b| b.weight.cmp(&a.weight));
+    targets.sort_by_key(|t| std::cmp::Reverse(t.weight));
     targets.truncate(MAX_TARGETS);
     if targets.is_empty() {
         return Vec::new();
