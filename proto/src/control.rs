@@ -3,7 +3,7 @@
 //! saying which mode the rollout should be in. It is level-triggered, not an event: the
 //! coordinator reads it every tick, so a write while it was restarting is not lost, and writing
 //! the same mode twice changes nothing. It names the rollout it is for, so a value left from an
-//! earlier rollout steers nothing. With a secret it is sealed ([`Domain::Request`]).
+//! earlier rollout steers nothing. With a secret it is sealed ([`Domain::Control`]).
 
 use crate::sign::{Domain, Envelope, Secret};
 use serde::{Deserialize, Serialize};
@@ -82,7 +82,7 @@ impl Control {
     pub fn encode(&self, secret: Option<&Secret>) -> String {
         let json = serde_json::to_string(self).expect("a control value serializes");
         match secret {
-            Some(secret) => secret.seal(Domain::Request, json),
+            Some(secret) => secret.seal(Domain::Control, json),
             None => json,
         }
     }
@@ -98,7 +98,7 @@ impl Control {
             let envelope: Envelope = serde_json::from_value(json).map_err(bad)?;
             let body = match secret {
                 Some(secret) => envelope
-                    .open(secret, Domain::Request)
+                    .open(secret, Domain::Control)
                     .ok_or(ControlError::BadSignature)?,
                 None => envelope.signed.as_str(),
             };

@@ -13,6 +13,10 @@
 //! | [`Keys::nonce`] `ebb:{c}:nonce:<nonce>` | string, `SET NX PX` until the command expires | node (on applying a signed command) | node (replay check) |
 //! | [`Keys::events`] `ebb:{c}:events` | pub/sub channel of [`crate::event`] JSON | node | coordinator |
 //! | [`Keys::rollout_lock`] `ebb:{c}:rollout:lock` | string: holder token, PX expiry [`ROLLOUT_LOCK_TTL`] | coordinator | coordinator |
+//! | [`Keys::requests`] `ebb:{c}:requests` | stream, field `request` ([`crate::request`]), consumer group [`REQUEST_GROUP`] | CI (`ebb request`, `XADD`), `ebb serve`'s API | `ebb serve` (leader) |
+//! | [`Keys::result`] `ebb:{c}:result:<id>` | string: JSON result of a request, TTL [`RESULT_TTL`] | `ebb serve` | `ebb watch`, the API |
+//! | [`Keys::progress`] `ebb:{c}:progress` | pub/sub channel of progress lines | `ebb serve` | `ebb watch` |
+//! | [`Keys::serve_leader`] `ebb:{c}:serve:leader` | string: leader's id, PX [`LEADER_TTL`] | `ebb serve` | `ebb serve`, the API |
 //! | [`Keys::rollout_control`] `ebb:{c}:rollout:control` | string: [`crate::control`] JSON (sealed with a secret) | `ebb rollout`, CI, coordinator (`--pause-after`) | coordinator (every tick) |
 //! | [`Keys::rollout_state`] `ebb:{c}:rollout:state` | string: JSON rollout progress, for `--resume` | coordinator | coordinator |
 //!
@@ -44,6 +48,12 @@ pub const ROLLOUT_LOCK_TTL: Duration = Duration::from_secs(15);
 pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// Longest nonce, in bytes. Nonces go into keys ([`Keys::nonce`]), so they follow the name rule.
 pub const MAX_NONCE_LEN: usize = 64;
+/// The consumer group of `ebb serve` on [`Keys::requests`].
+pub const REQUEST_GROUP: &str = "ebb-serve";
+/// How long a request's result is kept.
+pub const RESULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Expiry of the service's leader lease; the leader renews it every third of this.
+pub const LEADER_TTL: Duration = Duration::from_secs(6);
 
 /// The key and channel builder of one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +153,26 @@ impl Keys {
     /// `ebb:{c}:rollout:lock`: one rollout per cluster.
     pub fn rollout_lock(&self) -> String {
         format!("{}rollout:lock", self.prefix)
+    }
+
+    /// `ebb:{c}:requests`: the Redis Stream of requests to `ebb serve` ([`crate::request`]).
+    pub fn requests(&self) -> String {
+        format!("{}requests", self.prefix)
+    }
+
+    /// `ebb:{c}:result:<id>`: a request's result (queued, running, then the final report).
+    pub fn result(&self, id: &str) -> String {
+        format!("{}result:{id}", self.prefix)
+    }
+
+    /// `ebb:{c}:progress`: the pub/sub channel of a service's rollout progress.
+    pub fn progress(&self) -> String {
+        format!("{}progress", self.prefix)
+    }
+
+    /// `ebb:{c}:serve:leader`: the lease of the one `ebb serve` that acts.
+    pub fn serve_leader(&self) -> String {
+        format!("{}serve:leader", self.prefix)
     }
 
     /// `ebb:{c}:rollout:control`: the mode the running rollout should be in

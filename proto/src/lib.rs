@@ -14,6 +14,7 @@
 //! - [`event`]: what nodes publish so the coordinator reacts without polling;
 //! - [`close`]: WebSocket close codes and the close reason that carries a reconnect hint;
 //! - [`notice`]: the seed article's `server_shutdown` text notice;
+//! - [`request`]: requests to the coordinator service (`ebb serve`), through a Redis Stream;
 //! - [`sign`]: HMAC-SHA256 signing and the signed envelope, per domain;
 //! - [`target`]: reconnect targets a drain or shed hands its clients;
 //! - [`time`]: wall-clock milliseconds, the unit every timestamp on the wire uses.
@@ -27,6 +28,7 @@ pub mod keys;
 pub mod name;
 pub mod notice;
 pub mod record;
+pub mod request;
 pub mod sign;
 pub mod state;
 pub mod target;

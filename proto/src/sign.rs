@@ -88,6 +88,8 @@ pub enum Domain {
     Record,
     /// A request to the coordinator service.
     Request,
+    /// A rollout's control value (pause, continue, abort).
+    Control,
 }
 
 impl Domain {
@@ -97,6 +99,7 @@ impl Domain {
             Domain::Event => b"ebb-event\0",
             Domain::Record => b"ebb-record\0",
             Domain::Request => b"ebb-request\0",
+            Domain::Control => b"ebb-control\0",
         }
     }
 }
