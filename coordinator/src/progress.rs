@@ -1,5 +1,6 @@
 //! Live progress of a rollout: on a terminal, one indicatif line per node with its state and
-//! draining count; otherwise (CI, pipes) a plain line per change on stderr.
+//! draining count; otherwise (CI, pipes) a plain line per change on stderr; or, for `ebb serve`,
+//! every change as a [`Line`] on a channel (which the service publishes for `ebb watch`).
 
 use ebb_proto::NodeName;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -17,6 +18,20 @@ pub struct Progress {
     printed: HashMap<String, (String, Instant)>,
     /// Print nothing (engines run by tests and services).
     silent: bool,
+    /// Send every change here instead of printing it (bounded: a full channel drops the line).
+    channel: Option<tokio::sync::mpsc::Sender<Line>>,
+}
+
+/// One change of a rollout's progress.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Line {
+    /// The node it is about; none for a rollout-wide note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub message: String,
+    /// The node is finished.
+    #[serde(default)]
+    pub done: bool,
 }
 
 /// The part of a message that is not a number, so "3 left" and "2 left" count as one kind.
@@ -36,6 +51,7 @@ impl Progress {
                 last: HashMap::new(),
                 printed: HashMap::new(),
                 silent: false,
+                channel: None,
             };
         }
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
@@ -57,6 +73,7 @@ impl Progress {
             last: HashMap::new(),
             printed: HashMap::new(),
             silent: false,
+            channel: None,
         }
     }
 
@@ -67,6 +84,25 @@ impl Progress {
             last: HashMap::new(),
             printed: HashMap::new(),
             silent: true,
+            channel: None,
+        }
+    }
+
+    /// Progress sent to `channel`, one [`Line`] per change, and not printed.
+    pub fn to_channel(channel: tokio::sync::mpsc::Sender<Line>) -> Self {
+        Progress {
+            channel: Some(channel),
+            ..Progress::silent()
+        }
+    }
+
+    fn send(&self, node: Option<&str>, message: &str, done: bool) {
+        if let Some(channel) = &self.channel {
+            let _ = channel.try_send(Line {
+                node: node.map(str::to_owned),
+                message: message.to_owned(),
+                done,
+            });
         }
     }
 
@@ -77,6 +113,7 @@ impl Progress {
             return;
         }
         self.last.insert(name.to_owned(), message.clone());
+        self.send(Some(name), &message, false);
         match &self.bars {
             Some((_, bars)) => {
                 if let Some(bar) = bars.get(name) {
@@ -101,6 +138,7 @@ impl Progress {
     /// Marks a node finished.
     pub fn finish_node(&mut self, name: &NodeName, message: String) {
         let name = name.as_str();
+        self.send(Some(name), &message, true);
         match &self.bars {
             Some((_, bars)) => {
                 if let Some(bar) = bars.get(name) {
@@ -114,6 +152,7 @@ impl Progress {
 
     /// A line that is not about one node.
     pub fn note(&self, line: &str) {
+        self.send(None, line, false);
         match &self.bars {
             Some((multi, _)) => {
                 let _ = multi.println(line);

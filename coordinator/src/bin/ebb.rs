@@ -333,6 +333,8 @@ impl RollingArgs {
             check: self.check,
             redis_grace: self.redis_grace.into(),
             lock_ttl: self.lock_ttl.into(),
+            request: None,
+            output: commands::rolling_restart::Output::Terminal,
         }
     }
 }

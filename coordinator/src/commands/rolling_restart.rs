@@ -32,6 +32,20 @@ pub struct Args {
     pub redis_grace: Duration,
     /// The rollout lock's expiry: how long a dead coordinator's lock holds others off.
     pub lock_ttl: Duration,
+    /// The service request this rollout carries out (saved with it, so a standby resumes it).
+    pub request: Option<String>,
+    /// Where progress goes.
+    pub output: Output,
+}
+
+/// Where a rollout's progress goes.
+#[derive(Debug, Clone, Default)]
+pub enum Output {
+    /// The terminal: bars on a TTY, lines otherwise.
+    #[default]
+    Terminal,
+    /// A channel (the service publishes it).
+    Channel(tokio::sync::mpsc::Sender<crate::progress::Line>),
 }
 
 pub async fn run(
@@ -40,12 +54,10 @@ pub async fn run(
     interrupt: CancellationToken,
 ) -> Result<Outcome, Error> {
     let json = args.json;
-    let report = match start(target, args, interrupt).await? {
-        Started::DryRun => return Ok(Outcome::Success),
-        Started::Ran(ran) => balanced(target, ran.0, &ran.1).await?,
-        // `--json` always prints one object, also when the rollout never started.
-        Started::Refused(reason) => Report::refused(&target.cluster, reason),
-    };
+    if args.dry_run {
+        return dry_run(target, &args).await;
+    }
+    let report = execute(target, args, interrupt).await?;
     if json {
         println!(
             "{}",
@@ -67,9 +79,23 @@ pub async fn run(
     }
 }
 
+/// Runs a rolling restart to its report: refused before touching anything (lock held,
+/// unfinished rollout, nothing to do; `--json` always prints one object), or run, then
+/// rebalanced when it completed uneven. The one way both front ends (the CLI and `ebb serve`)
+/// roll a cluster.
+pub async fn execute(
+    target: &Target,
+    args: Args,
+    interrupt: CancellationToken,
+) -> Result<Report, Error> {
+    match start(target, args, interrupt).await? {
+        Started::Refused(reason) => Ok(Report::refused(&target.cluster, reason)),
+        Started::Ran(ran) => balanced(target, ran.0, &ran.1).await,
+    }
+}
+
 /// How far a rolling restart got.
 enum Started {
-    DryRun,
     /// Refused before touching anything (lock held, unfinished rollout, nothing to do).
     Refused(String),
     /// It ran, under this policy.
@@ -101,6 +127,31 @@ pub struct Prepared {
     pub policy: Policy,
     pub exec: Option<String>,
     pub check: Option<String>,
+    /// The service request it carries out.
+    pub request: Option<String>,
+}
+
+fn fresh_policy(args: &Args) -> Policy {
+    Policy {
+        exec: args.exec.is_some(),
+        check: args.check.is_some(),
+        ..args.overrides.apply(Policy::default())
+    }
+}
+
+/// `--dry-run`: the plan and whether the first admission would pass now.
+async fn dry_run(target: &Target, args: &Args) -> Result<Outcome, Error> {
+    let mut cluster = target.connect().await?;
+    let records = cluster.nodes().await?;
+    let registered: Vec<NodeName> = records.iter().map(|r| r.name.clone()).collect();
+    let plan = plan(target, args, registered)?;
+    let mut obs = Observation {
+        wall_ms: ebb_proto::time::now_ms(),
+        ..Observation::default()
+    };
+    obs.apply_records(&records);
+    print_plan(&plan, &obs, &fresh_policy(args));
+    Ok(Outcome::Success)
 }
 
 async fn start(
@@ -112,22 +163,7 @@ async fn start(
     let records = cluster.nodes().await?;
     let registered: Vec<NodeName> = records.iter().map(|r| r.name.clone()).collect();
     let plan = plan(target, &args, registered)?;
-    let fresh_policy = Policy {
-        exec: args.exec.is_some(),
-        check: args.check.is_some(),
-        ..args.overrides.apply(Policy::default())
-    };
-
-    if args.dry_run {
-        let mut obs = Observation {
-            wall_ms: ebb_proto::time::now_ms(),
-            ..Observation::default()
-        };
-        obs.apply_records(&records);
-        print_plan(&plan, &obs, &fresh_policy);
-        return Ok(Started::DryRun);
-    }
-
+    let fresh_policy = fresh_policy(&args);
     let lock = match take_lock(&mut cluster, args.resume, args.lock_ttl).await? {
         Ok(lock) => lock,
         Err(refused) => return Ok(Started::Refused(refused)),
@@ -144,7 +180,10 @@ async fn start(
         }
     };
 
-    let mut progress = Progress::new(&prepared.rollout.plan(), false);
+    let mut progress = match &args.output {
+        Output::Terminal => Progress::new(&prepared.rollout.plan(), false),
+        Output::Channel(tx) => Progress::to_channel(tx.clone()),
+    };
     for run in prepared.rollout.nodes.iter().filter(|r| !r.in_flight()) {
         if run.phase == crate::rollout::node::Phase::Done {
             progress.finish_node(run.name(), "done (before this coordinator)".to_owned());
@@ -156,6 +195,7 @@ async fn start(
         policy: prepared.policy,
         exec: prepared.exec,
         check: prepared.check,
+        request: prepared.request,
         redis_grace: args.redis_grace,
         lock,
     };
@@ -249,6 +289,7 @@ async fn prepare(
             policy: fresh_policy,
             exec: args.exec.clone(),
             check: args.check.clone(),
+            request: args.request.clone(),
         })),
     }
 }
@@ -318,6 +359,7 @@ pub fn resume<'a>(saved: Saved, given: impl Into<Given<'a>>) -> Result<Prepared,
         policy: saved.policy,
         exec: saved.exec,
         check: saved.check,
+        request: saved.request,
     })
 }
 

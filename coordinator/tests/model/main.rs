@@ -216,6 +216,7 @@ async fn run_async(s: &Scenario) -> Ended {
         policy: policy(s),
         exec: s.exec.then(|| "restart {name}".to_owned()),
         check: None,
+        request: None,
     };
     let mut crashes = s
         .crashes
@@ -234,6 +235,7 @@ async fn run_async(s: &Scenario) -> Ended {
             policy: prepared.policy.clone(),
             exec: prepared.exec.clone(),
             check: prepared.check.clone(),
+            request: prepared.request.clone(),
             redis_grace: Duration::from_secs(30),
             lock,
         };

@@ -17,6 +17,7 @@ impl<C: Io> Engine<C> {
             policy: self.policy.clone(),
             exec: self.exec.clone(),
             check: self.check.clone(),
+            request: self.request.clone(),
         };
         let json = serde_json::to_string(&saved).expect("a rollout serializes");
         if json == state.persisted {

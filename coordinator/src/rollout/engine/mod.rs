@@ -51,6 +51,9 @@ pub struct Saved {
     pub exec: Option<String>,
     #[serde(default)]
     pub check: Option<String>,
+    /// The service request it carries out, if it came from one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 /// Everything the engine needs.
@@ -62,6 +65,8 @@ pub struct Engine<C> {
     pub exec: Option<String>,
     /// `--check` template (`{name}`, `{url}`).
     pub check: Option<String>,
+    /// The service request it carries out, if any (saved with the state).
+    pub request: Option<String>,
     pub redis_grace: Duration,
     pub lock: Lock,
 }
