@@ -8,7 +8,9 @@
 //! waits the delay the server advised (close reason or notice) and moves to the next URL; after
 //! anything else it backs off with full jitter. A node that refuses the upgrade (503 +
 //! `Retry-After`) is skipped until its `Retry-After` has passed. Close codes 4000–4099 mean "do
-//! not reconnect".
+//! not reconnect". A drain or rebalance close (or notice) that names a reconnect target sends
+//! the next attempt there first, only when it is one of [`ClientConfig::urls`] (unless
+//! [`ClientConfig::follow_any_target`]): a server cannot send clients anywhere else.
 //!
 //! Everything a server can make the client hold is bounded: at most
 //! [`ClientConfig::max_pending`] messages are unanswered (more are refused with
@@ -73,6 +75,11 @@ pub struct ClientConfig {
     /// [`Client::send`] refuses more with [`SendError::QueueFull`]. This bounds what a client
     /// holds while no server answers. At least 1.
     pub max_pending: usize,
+    /// Follow a server's reconnect target (`reconnect_to`, `reconnectTo`) even when it is not
+    /// one of `urls`: any printable `ws://` URL of at most 64 bytes. Off by default, because a
+    /// hostile or compromised server could otherwise send every client wherever it likes; with
+    /// it off, a target is followed only when it is exactly one of `urls`.
+    pub follow_any_target: bool,
 }
 
 impl ClientConfig {
@@ -89,6 +96,7 @@ impl ClientConfig {
             events_capacity: DEFAULT_EVENTS_CAPACITY,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_pending: DEFAULT_MAX_PENDING,
+            follow_any_target: false,
         }
     }
 }
@@ -110,9 +118,11 @@ pub enum Event {
     Notice(ShutdownNotice),
     /// The connection ended: with the Close code, or `None` when abnormal (no Close frame).
     /// `advised` is what the server said; the client waits at most `backoff.max_advised`.
+    /// `reason` is the Close reason as sent (at most 123 bytes), `None` without one.
     Disconnected {
         code: Option<u16>,
         advised: Option<Duration>,
+        reason: Option<String>,
     },
     /// The server said not to reconnect (4000–4099); the client stopped.
     Stopped {

@@ -10,6 +10,9 @@
 //!   bounds it (`max_pending`, `events_capacity`, `max_advised`);
 //! - `task` (private): the task behind a client, which reconnects and waits as advised;
 //! - `session` (private): one connection, writing pending messages while reading replies;
+//! - `plan` (private): where and when to connect next, and what servers advised;
+//! - `follow` (private): which reconnect targets a server names are followed (configured URLs
+//!   only, by default);
 //! - [`backoff`]: advised delays and full-jitter exponential backoff;
 //! - [`protocol`]: how messages carry ids ([`Correlate`], [`Echo`] for ebb's echo app);
 //! - [`stats`]: what a client counts;
@@ -19,7 +22,9 @@
 pub mod backoff;
 pub mod client;
 pub mod connect;
+mod follow;
 pub mod load;
+mod plan;
 pub mod protocol;
 mod session;
 pub mod stats;

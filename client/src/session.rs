@@ -12,7 +12,8 @@
 
 use crate::backoff::deadline;
 use crate::client::Event;
-use crate::task::{Command, Ending, Task};
+use crate::plan::Advice;
+use crate::task::{Command, Ending, Task, advise_target};
 use ebb_proto::{CloseReason, ShutdownNotice, close};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::collections::VecDeque;
@@ -33,7 +34,7 @@ type WsError = tungstenite::Error;
 impl Task {
     /// Serves one connection until it ends. Whatever is not answered stays pending for the
     /// next one (so even a cancelled session would lose nothing; the task never cancels it).
-    pub(crate) async fn serve<S>(&mut self, ws: S, come_back_at: &mut Option<Instant>) -> Ending
+    pub(crate) async fn serve<S>(&mut self, ws: S, advice: &mut Advice) -> Ending
     where
         S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
     {
@@ -69,7 +70,7 @@ impl Task {
                     }
                 }
                 message = stream.next() => match message {
-                    Some(Ok(Message::Text(text))) => self.receive(text.as_str(), come_back_at).await,
+                    Some(Ok(Message::Text(text))) => self.receive(text.as_str(), advice).await,
                     Some(Ok(Message::Close(frame))) => {
                         // tungstenite queued the answering Close; push it out, let the server end TCP.
                         linger(&mut sink, None, &mut stream).await;
@@ -103,11 +104,12 @@ impl Task {
     }
 
     /// A text from the server: a notice, an answer (each id once), or a push.
-    async fn receive(&mut self, text: &str, come_back_at: &mut Option<Instant>) {
+    async fn receive(&mut self, text: &str, advice: &mut Advice) {
         if let Some(notice) = ShutdownNotice::decode(text) {
             let advised = Duration::from_millis(notice.reconnect_in);
             let wait = self.config.backoff.advised(advised);
-            *come_back_at = Some(deadline(Instant::now(), wait));
+            advice.come_back_at = Some(deadline(Instant::now(), wait));
+            advise_target(self, advice, notice.reconnect_to.clone());
             self.stat(|s| s.notices += 1);
             self.emit(Event::Notice(notice)).await;
             return;
@@ -161,17 +163,19 @@ where
     .await;
 }
 
-/// The ending a server's Close frame means, with the delay it advised (as it said it).
+/// The ending a server's Close frame means, with its reason (at most 123 bytes: tungstenite
+/// refuses a longer control frame) and what ebb's reason says, if it is one.
 fn closed(frame: Option<CloseFrame>) -> Ending {
     match frame {
         Some(f) => Ending::Closed {
             code: u16::from(f.code),
-            advised: CloseReason::decode(f.reason.as_str())
-                .map(|r| Duration::from_millis(r.retry_after_ms)),
+            ebb: CloseReason::decode(f.reason.as_str()),
+            text: Some(f.reason.as_str().to_owned()),
         },
         None => Ending::Closed {
             code: close::NORMAL,
-            advised: None,
+            text: None,
+            ebb: None,
         },
     }
 }

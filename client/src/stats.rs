@@ -30,6 +30,10 @@ pub struct Stats {
     pub abnormal: u64,
     /// Notices received.
     pub notices: u64,
+    /// Connections made to a reconnect target a server named.
+    pub targets_followed: u64,
+    /// Reconnect targets not followed: not among the configured URLs (or too long to be one).
+    pub targets_ignored: u64,
     /// From losing a connection to having a new one, per reconnect, in ms.
     pub reconnect_ms: Vec<u64>,
     /// How much later than advised each reconnect came (0 when on time), in ms.
@@ -53,6 +57,8 @@ impl Stats {
         }
         self.abnormal += other.abnormal;
         self.notices += other.notices;
+        self.targets_followed += other.targets_followed;
+        self.targets_ignored += other.targets_ignored;
         self.reconnect_ms.extend(&other.reconnect_ms);
         self.late_ms.extend(&other.late_ms);
         self.reconnected_at_ms.extend(&other.reconnected_at_ms);

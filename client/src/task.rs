@@ -2,16 +2,20 @@
 //!
 //! It picks the next URL that has not refused it recently, connects, hands the connection to a
 //! session ([`crate::session`]), and when that ends waits what the server advised (capped) or
-//! backs off with full jitter, queueing the application's messages meanwhile. Every deadline
+//! backs off with full jitter, queueing the application's messages meanwhile. When the server
+//! named a reconnect target the client may follow ([`crate::follow`]), the next attempt goes
+//! there first; if it fails, the client's own choice is tried at once. Every deadline
 //! built from a server's number goes through [`Backoff::advised`] and [`deadline`], so no
 //! server can park the client for longer than `max_advised` or overflow an `Instant`.
 
 use crate::backoff::{Backoff, deadline};
 use crate::client::{ClientConfig, Event};
 use crate::connect::{self, ConnectError, Ws};
+use crate::follow::{self, Goto};
+use crate::plan::{Advice, Choice, Plan};
 use crate::protocol::Correlate;
 use crate::stats::Stats;
-use ebb_proto::close;
+use ebb_proto::{CloseReason, close};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,10 +60,12 @@ pub(crate) struct Pending {
 
 /// How a connection ended.
 pub(crate) enum Ending {
-    /// Close frame with this code and advised delay (as the server said it).
+    /// Close frame with this code and reason text; `ebb` when the text is ebb's close reason
+    /// (its advised delay and target, as the server said them).
     Closed {
         code: u16,
-        advised: Option<Duration>,
+        text: Option<String>,
+        ebb: Option<CloseReason>,
     },
     /// No Close frame.
     Abnormal,
@@ -82,60 +88,13 @@ pub(crate) struct Task {
     pub answered_here: bool,
 }
 
-/// Where and when to connect next.
-struct Plan {
-    urls: usize,
-    next: usize,
-    /// Per URL: refused (503) until then.
-    refused_until: Vec<Option<Instant>>,
-    /// Failed attempts in a row.
-    failures: u32,
-    /// Connections in a row that ended without an answer or advice (a server that takes the
-    /// connection and drops it): backed off like failed connects, not retried at once.
-    flaps: u32,
-    lost_at: Option<Instant>,
-    /// When the server advised to come back (a notice or a close reason), capped.
-    come_back_at: Option<Instant>,
-}
-
-impl Plan {
-    fn new(urls: usize, first: usize) -> Self {
-        Plan {
-            urls,
-            next: first % urls,
-            refused_until: vec![None; urls],
-            failures: 0,
-            flaps: 0,
-            lost_at: None,
-            come_back_at: None,
-        }
-    }
-
-    /// The next URL that has not refused us recently, or when the first refusal ends.
-    fn candidate(&self, now: Instant) -> Result<usize, Instant> {
-        (0..self.urls)
-            .map(|k| (self.next + k) % self.urls)
-            .find(|&i| self.refused_until[i].is_none_or(|t| t <= now))
-            .ok_or_else(|| {
-                self.refused_until
-                    .iter()
-                    .flatten()
-                    .min()
-                    .copied()
-                    .unwrap_or(now)
-            })
-    }
-
-    /// Away from the node that closed, to any other at random, so its clients spread over all
-    /// the survivors instead of piling onto the next one.
-    fn lost(&mut self, i: usize) {
-        self.lost_at = Some(Instant::now());
-        self.next = if self.urls > 1 {
-            (i + 1 + rand::random_range(0..self.urls - 1)) % self.urls
-        } else {
-            i
-        };
-    }
+/// The server's word on the target: the latest wins, and one too long to be a target counts
+/// as ignored.
+pub(crate) fn advise_target(task: &Task, advice: &mut Advice, target: Option<String>) {
+    advice.target = follow::keep(target).unwrap_or_else(|()| {
+        task.stat(|s| s.targets_ignored += 1);
+        None
+    });
 }
 
 impl Task {
@@ -194,19 +153,26 @@ impl Task {
     pub async fn run(mut self) {
         let mut plan = Plan::new(self.config.urls.len(), self.config.first_url);
         loop {
-            let i = match plan.candidate(Instant::now()) {
-                Ok(i) => i,
-                Err(until) => {
-                    if !self.wait(until).await {
-                        return;
+            let choice = match self.target(&mut plan, Instant::now()) {
+                Some(goto) => Choice::Target(goto),
+                None => match plan.candidate(Instant::now()) {
+                    Ok(i) => Choice::Own(i),
+                    Err(until) => {
+                        if !self.wait(until).await {
+                            return;
+                        }
+                        continue;
                     }
+                },
+            };
+            let url = choice.url(&self.config.urls);
+            let ws = match (self.attempt(&url).await, &choice) {
+                (Ok(ws), _) => ws,
+                (Err(error), Choice::Target(_)) => {
+                    self.target_failed(&mut plan, choice.listed(), error);
                     continue;
                 }
-            };
-            let url = self.config.urls[i].clone();
-            let ws = match self.attempt(&url).await {
-                Ok(ws) => ws,
-                Err(error) => {
+                (Err(error), &Choice::Own(i)) => {
                     if let Some(delay) = self.failed(&mut plan, i, error)
                         && !self.wait(deadline(Instant::now(), delay)).await
                     {
@@ -215,10 +181,13 @@ impl Task {
                     continue;
                 }
             };
+            if let Choice::Target(_) = choice {
+                self.stat(|s| s.targets_followed += 1);
+            }
             self.connected(&mut plan, url).await;
-            let ending = self.serve(ws, &mut plan.come_back_at).await;
+            let ending = self.serve(ws, &mut plan.advice).await;
             self.shared.connected.store(false, Ordering::Relaxed);
-            plan.lost(i);
+            plan.lost(choice.listed());
             let Some(delay) = self.ended(&mut plan, ending).await else {
                 return;
             };
@@ -243,6 +212,39 @@ impl Task {
                 source: std::io::ErrorKind::TimedOut.into(),
             })
         })
+    }
+
+    /// The target a server advised, taken (it is good for one attempt), if the client follows
+    /// it ([`follow::choose`]) and it has not refused the client recently.
+    fn target(&self, plan: &mut Plan, now: Instant) -> Option<Goto> {
+        let target = plan.advice.target.take()?;
+        let config = &self.config;
+        let Some(goto) = follow::choose(&config.urls, config.follow_any_target, &target) else {
+            self.stat(|s| s.targets_ignored += 1);
+            return None;
+        };
+        match goto {
+            Goto::Listed(i) if plan.refused_until[i].is_some_and(|t| t > now) => None,
+            goto => Some(goto),
+        }
+    }
+
+    /// After a followed target failed: counted like any failed attempt (a refusing listed URL
+    /// is skipped for its capped `Retry-After`), then the client's own choice is tried at once,
+    /// with neither its order nor its backoff touched: the target was the server's idea.
+    fn target_failed(&self, plan: &mut Plan, listed: Option<usize>, error: ConnectError) {
+        match error {
+            ConnectError::Refused { retry_after, .. } => {
+                self.stat(|s| s.refused += 1);
+                if let Some(i) = listed {
+                    let wait = self
+                        .backoff()
+                        .advised(retry_after.unwrap_or(DEFAULT_RETRY_AFTER));
+                    plan.refused_until[i] = Some(deadline(Instant::now(), wait));
+                }
+            }
+            _ => self.stat(|s| s.connect_failures += 1),
+        }
     }
 
     /// After a failed attempt: skips a refusing URL for its (capped) `Retry-After`, moves on,
@@ -271,11 +273,12 @@ impl Task {
         if let Some(lost) = plan.lost_at.take() {
             let now = Instant::now();
             let late = plan
+                .advice
                 .come_back_at
                 .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
             self.stat(|s| s.reconnected(now.saturating_duration_since(lost), late));
         }
-        plan.come_back_at = None;
+        plan.advice = Advice::default();
         self.emit(Event::Connected { url }).await;
         self.shared.connected.store(true, Ordering::Relaxed);
     }
@@ -285,16 +288,26 @@ impl Task {
     async fn ended(&mut self, plan: &mut Plan, ending: Ending) -> Option<Duration> {
         match ending {
             Ending::Shutdown => None,
-            Ending::Closed { code, advised } => {
-                plan.flaps = if advised.is_some() || self.answered_here {
+            Ending::Closed { code, text, ebb } => {
+                let advised = ebb
+                    .as_ref()
+                    .map(|r| Duration::from_millis(r.retry_after_ms));
+                // An ebb close (a drain's, a rebalance's) is advice, not a failure: no backoff
+                // grows from it.
+                plan.flaps = if ebb.is_some() || self.answered_here {
                     0
                 } else {
                     plan.flaps.saturating_add(1)
                 };
+                // An ebb reason is the server's latest word on the target too.
+                if let Some(reason) = ebb {
+                    advise_target(self, &mut plan.advice, reason.reconnect_to);
+                }
                 self.stat(|s| *s.close_codes.entry(code).or_default() += 1);
                 self.emit(Event::Disconnected {
                     code: Some(code),
                     advised,
+                    reason: text,
                 })
                 .await;
                 if close::DO_NOT_RECONNECT.contains(&code) {
@@ -303,9 +316,9 @@ impl Task {
                 }
                 let now = Instant::now();
                 if let Some(advised) = advised {
-                    plan.come_back_at = Some(deadline(now, self.backoff().advised(advised)));
+                    plan.advice.come_back_at = Some(deadline(now, self.backoff().advised(advised)));
                 }
-                Some(match plan.come_back_at {
+                Some(match plan.advice.come_back_at {
                     Some(t) if t > now => t - now,
                     _ => self.jitter(plan.flaps.saturating_sub(1)),
                 })
@@ -320,9 +333,10 @@ impl Task {
                 self.emit(Event::Disconnected {
                     code: None,
                     advised: None,
+                    reason: None,
                 })
                 .await;
-                plan.come_back_at = None;
+                plan.advice.come_back_at = None;
                 Some(self.jitter(plan.flaps.saturating_sub(1)))
             }
         }

@@ -33,6 +33,10 @@ pub const DEFAULT_NOTICE: bool = true;
 pub const DEFAULT_NOTICE_LEAD: Duration = Duration::from_millis(500);
 /// `EBB_NOTICE_MESSAGE`: the notice's human-readable text.
 pub const DEFAULT_NOTICE_MESSAGE: &str = "Server is restarting. Please reconnect when advised.";
+/// A shed (`ebb rebalance`) advises its clients delays spread over `[0, this)`: small, because
+/// the node stays up and its targets have room, and the shed's rate already paces the
+/// reconnects; the spread only keeps clients closed in the same instant from arriving in it.
+pub const SHED_RECONNECT_SPREAD: Duration = Duration::from_millis(200);
 /// `EBB_PING_INTERVAL`: ping every connection this often; a peer that has not answered the
 /// previous ping by the next one is dropped.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);

@@ -1,9 +1,12 @@
 //! The handle through which anything triggers a drain: the binary's signal handlers, the admin
 //! endpoint, the Redis agent, or an embedding application. All of them end in the same request
-//! queue, read by one drain controller, so there is one drain code path.
+//! queue, read by one drain controller, so there is one drain code path (and a shed, which
+//! closes some connections of an active node, is run by the same controller, so a drain and a
+//! shed never race).
 
 use ebb_proto::NodeState;
 use ebb_proto::command::Then;
+use ebb_proto::target::Target;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -14,6 +17,11 @@ pub struct DrainRequest {
     pub then: Then,
     /// Overrides the configured drain deadline.
     pub deadline: Option<Duration>,
+    /// Where the clients should reconnect: each gets one, dealt in proportion to the weights
+    /// over the close schedule, as `reconnect_to` in its Close reason and `reconnectTo` in its
+    /// notice. Empty: no target is named. Handed out as given: the Redis agent removes this
+    /// node's own advertised URL before it asks (the library does not know its URL).
+    pub targets: Vec<Target>,
     /// Who asked, for the logs and the report (`SIGTERM`, `admin`, `command <id>`...).
     pub trigger: String,
 }
@@ -24,6 +32,7 @@ impl DrainRequest {
         DrainRequest {
             then: Then::Exit,
             deadline: None,
+            targets: Vec::new(),
             trigger: trigger.into(),
         }
     }
@@ -35,6 +44,22 @@ impl DrainRequest {
             ..DrainRequest::exit(trigger)
         }
     }
+}
+
+/// A request to shed connections: an active node closes `count` of them (at most what it has),
+/// `rate_per_s` a second, each sent to one of `targets` (dealt in proportion), and stays active.
+/// Ignored while draining; a drain that comes during a shed takes over; a second shed replaces
+/// the first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShedRequest {
+    /// How many connections to close.
+    pub count: usize,
+    /// Closes per second (at least 1).
+    pub rate_per_s: u32,
+    /// Where the shed clients should go; a shed without targets closes nothing.
+    pub targets: Vec<Target>,
+    /// Who asked, for the logs.
+    pub trigger: String,
 }
 
 /// What a drain did.
@@ -64,6 +89,8 @@ pub(crate) enum Request {
     Hurry,
     /// Become active again (from draining or drained-and-staying).
     Resume,
+    /// Close some connections, staying active.
+    Shed(ShedRequest),
 }
 
 /// A cloneable handle on a running node's lifecycle.
@@ -80,6 +107,12 @@ impl Control {
     /// Starts a drain (no-op while one is running, except that `then: exit` upgrades a `stay`).
     pub fn drain(&self, request: DrainRequest) {
         let _ = self.requests.send(Request::Drain(request));
+    }
+
+    /// Sheds connections while staying active (ignored while draining; replaces a shed in
+    /// progress).
+    pub fn shed(&self, request: ShedRequest) {
+        let _ = self.requests.send(Request::Shed(request));
     }
 
     /// Finishes fast: skips remaining pacing; starts an exit drain when none is running.

@@ -5,12 +5,17 @@
 //! 3. take the connections and, with the notice on, send each its `server_shutdown` notice;
 //! 4. order each connection closed at its slot of the schedule ([`crate::pacing`]): the first no
 //!    earlier than the notice lead after the notices, the last within the close spread; each one
-//!    answers what it received, sends Close with its advised delay and awaits the client's;
+//!    answers what it received, sends Close with its advised delay and awaits the client's.
+//!    With targets, each slot is dealt one in proportion ([`crate::pacing::dealt`]), named as
+//!    `reconnect_to` in the Close reason and `reconnectTo` in the notice (in neither when it
+//!    does not fit the 123-byte reason);
 //! 5. wait for the count to reach zero, or the deadline, which terminates what is left;
 //! 6. report clean and forced closes, state `drained`; then exit, or wait for `resume`.
 //!
 //! A `hurry` (second signal) skips what is left of steps 2 and 4 (the lead included). A `resume` stops the drain:
 //! connections already told to close finish closing, the rest stay, readiness flips back.
+//! Between drains the controller also runs sheds ([`crate::shed`]); a shed asked for while
+//! draining is ignored.
 
 use crate::app::App;
 use crate::control::{DrainReport, DrainRequest, Request};
@@ -39,11 +44,21 @@ pub(crate) async fn controller<A: App>(
     mut requests: mpsc::UnboundedReceiver<Request>,
     exit: CancellationToken,
 ) -> DrainReport {
+    // A request that interrupted a shed, served next.
+    let mut next = None;
     loop {
-        let (request, hurried) = match requests.recv().await {
+        let request = match next.take() {
+            Some(request) => Some(request),
+            None => requests.recv().await,
+        };
+        let (request, hurried) = match request {
             Some(Request::Drain(request)) => (request, false),
             Some(Request::Hurry) => (DrainRequest::exit("hurry"), true),
             Some(Request::Resume) => continue,
+            Some(Request::Shed(shed)) => {
+                next = crate::shed::run(&shared, &mut requests, shed).await;
+                continue;
+            }
             // Shared holds a sender, so the queue never closes while the node runs.
             None => std::future::pending().await,
         };
@@ -82,6 +97,10 @@ async fn next_effect(requests: &mut mpsc::UnboundedReceiver<Request>) -> Effect 
         Some(Request::Resume) => Effect::Resume,
         Some(Request::Drain(request)) if request.then == Then::Exit => Effect::Exit,
         Some(Request::Drain(_)) => Effect::Nothing,
+        Some(Request::Shed(shed)) => {
+            tracing::info!(trigger = %shed.trigger, "shed ignored: the node is draining");
+            Effect::Nothing
+        }
         None => std::future::pending().await,
     }
 }
@@ -180,15 +199,23 @@ async fn drain<A: App>(
         return None;
     }
 
-    let order = |retry_after: Duration| CloseOrder {
+    let targets = &request.targets;
+    let reason = |retry_after: Duration, target: Option<usize>| {
+        CloseReason::draining(retry_after.as_millis() as u64)
+            .to(target.map(|k| targets[k].url.clone()))
+    };
+    let order = |reason: CloseReason| CloseOrder {
         code: config.close_code,
-        reason: CloseReason::draining(retry_after.as_millis() as u64).encode(),
+        reason: reason.encode(),
         inflight_timeout: config.inflight_timeout,
         close_timeout: config.close_timeout,
     };
-    let mailboxes = shared
-        .registry
-        .begin_closing(order(config.reconnect_base + config.reconnect_spread));
+    // A connection that raced the readiness flip goes to the heaviest target.
+    let heaviest = (0..targets.len()).max_by_key(|&k| (targets[k].weight, std::cmp::Reverse(k)));
+    let mailboxes = shared.registry.begin_closing(order(reason(
+        config.reconnect_base + config.reconnect_spread,
+        heaviest,
+    )));
     let (lead, spread) = closing_window(config, deadline, hurried);
     let slots = pacing::schedule(
         mailboxes.len(),
@@ -197,25 +224,31 @@ async fn drain<A: App>(
         config.reconnect_base,
         config.reconnect_spread,
     );
+    let dealt = pacing::dealt(slots.len(), targets);
     let closing = Instant::now();
     if config.notice {
         let now_ms = ebb_proto::time::now_ms();
-        for (mailbox, slot) in mailboxes.iter().zip(&slots) {
-            let notice = ShutdownNotice::new(
+        for ((mailbox, slot), &target) in mailboxes.iter().zip(&slots).zip(&dealt) {
+            let mut notice = ShutdownNotice::new(
                 config.notice_message.clone(),
                 slot.reconnect_at().as_millis() as u64,
                 now_ms,
             );
+            // Named only when the Close will name it too (its delay is at most this one).
+            let planned = reason(slot.retry_after, target);
+            if planned.fits() {
+                notice.reconnect_to = planned.reconnect_to;
+            }
             mailbox.notice(notice.encode());
         }
     }
-    for (mailbox, slot) in mailboxes.iter().zip(&slots) {
+    for ((mailbox, slot), &target) in mailboxes.iter().zip(&slots).zip(&dealt) {
         if let Interrupt::Resume =
             wait(requests, closing + slot.close_at, &mut hurried, &mut then).await
         {
             return None;
         }
-        mailbox.close(order(advised(slot, closing, hurried)));
+        mailbox.close(order(reason(advised(slot, closing, hurried), target)));
     }
     drop(mailboxes);
 

@@ -146,6 +146,7 @@ async fn admin_drain<A: App>(
     let request = DrainRequest {
         then: query.then,
         deadline: query.deadline_ms.map(Duration::from_millis),
+        targets: Vec::new(),
         trigger: "admin".to_owned(),
     };
     let _ = shared.requests.send(Request::Drain(request));

@@ -6,7 +6,9 @@
 //! clients get a notice, each connection answers what it already received and is closed 1001 at
 //! its slot of a paced schedule with its own advised reconnect delay, the close handshake is
 //! awaited (bounded), and a deadline ends whatever is left. axum's graceful shutdown does not see
-//! upgraded connections, so every socket task is tracked here.
+//! upgraded connections, so every socket task is tracked here. A drain may name reconnect
+//! targets, dealt to the clients in proportion; a shed ([`Control::shed`], `ebb rebalance`)
+//! closes some connections the same way while the node stays active.
 //!
 //! The library never installs signal handlers: it takes a listener and hands back a [`Running`]
 //! node whose [`Control`] the caller wires to whatever triggers it has.
@@ -16,6 +18,7 @@
 //! - [`app`]: the [`App`] trait and the reference [`Echo`] app;
 //! - [`control`]: [`Control`], the handle every trigger uses, and [`DrainReport`];
 //! - `drain`: the drain controller (one code path);
+//! - `shed`: closing some connections of an active node, paced, each sent to a target;
 //! - [`pacing`]: the close schedule and advised delays;
 //! - `registry`: live connections and the mailbox the drain talks to each through;
 //! - `socket`: one connection's loop, generic over `Sink` + `Stream`;
@@ -33,13 +36,15 @@ pub mod metrics;
 pub mod pacing;
 mod registry;
 mod shared;
+mod shed;
 mod socket;
 mod upgrade;
 
 pub use app::{App, Echo};
 pub use config::NodeConfig;
-pub use control::{Control, DrainReport, DrainRequest};
+pub use control::{Control, DrainReport, DrainRequest, ShedRequest};
 pub use ebb_proto::command::Then;
+pub use ebb_proto::target::Target;
 pub use metrics::Metrics;
 
 use axum::serve::ListenerExt;

@@ -93,6 +93,8 @@ pub struct Metrics {
     commands_refused: Family<ReasonLabel, Counter>,
     commands_dropped: Counter,
     redis_connected: Gauge,
+    shed: Counter,
+    shed_in_progress: Gauge,
 }
 
 impl Default for Metrics {
@@ -116,6 +118,8 @@ impl Default for Metrics {
             commands_refused: Family::default(),
             commands_dropped: Counter::default(),
             redis_connected: Gauge::default(),
+            shed: Counter::default(),
+            shed_in_progress: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -199,6 +203,16 @@ impl Default for Metrics {
             "1 while the node's Redis agent is connected (liveness and commands)",
             metrics.redis_connected.clone(),
         );
+        registry.register(
+            "shed",
+            "Connections a shed (ebb rebalance) ordered closed; their closes count in closes_total as drain closes",
+            metrics.shed.clone(),
+        );
+        registry.register(
+            "shed_in_progress",
+            "1 while a shed is closing connections",
+            metrics.shed_in_progress.clone(),
+        );
         for kind in CloseKind::ALL {
             let _ = metrics.closes.get_or_create(&KindLabel {
                 kind: kind.as_str(),
@@ -269,6 +283,15 @@ impl Metrics {
         self.redis_connected.set(up as i64);
     }
 
+    /// Counts a connection a shed ordered closed.
+    pub(crate) fn shed_one(&self) {
+        self.shed.inc();
+    }
+    /// Records whether a shed is in progress.
+    pub(crate) fn shedding(&self, on: bool) {
+        self.shed_in_progress.set(on as i64);
+    }
+
     /// The Prometheus text exposition, with the gauges read at this moment.
     pub fn render(&self, state: NodeState, connections: usize) -> String {
         self.connections.set(connections as i64);
@@ -295,6 +318,8 @@ mod tests {
         metrics.closed(CloseKind::DrainForced);
         metrics.command_refused("replayed");
         metrics.command_dropped();
+        metrics.shed_one();
+        metrics.shedding(true);
         let text = metrics.render(NodeState::Draining, 7);
         assert!(text.contains("ebb_connections 7"), "{text}");
         assert!(
@@ -319,6 +344,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ebb_commands_dropped_total 1"), "{text}");
+        assert!(text.contains("ebb_shed_total 1"), "{text}");
+        assert!(text.contains("ebb_shed_in_progress 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -10,7 +10,16 @@
 //! reconnect rate instead of a storm. When pacing is skipped (a
 //! second signal), the remaining clients are closed at once but advised the delay that keeps their
 //! planned reconnect moment, so skipping pacing speeds the exit without bunching reconnects.
+//!
+//! With reconnect targets, slot `i` is also dealt a target ([`dealt`]): the deal interleaves the
+//! targets in proportion, so the clients closed in any stretch of the window are spread over the
+//! targets like the whole, and each target sees its share of the flat reconnect rate.
+//!
+//! A shed ([`shed_slot`]) paces by rate instead of by window: connection `i` of `n` is closed
+//! `i / rate` seconds in and advised `reconnect_spread * i / n`, so its clients come back evenly
+//! spaced too, to nodes that have room.
 
+use ebb_proto::target::{self, Target};
 use std::time::Duration;
 
 /// One connection's place in the schedule, as offsets from the start of the closing phase.
@@ -50,6 +59,25 @@ pub fn schedule(
             retry_after: base + fraction(reconnect_spread, i, n),
         })
         .collect()
+}
+
+/// The target of each of `slots` slots (an index into `targets`, in slot order), dealt in
+/// proportion and interleaved ([`ebb_proto::target::deal`]); `None` for each without targets.
+pub fn dealt(slots: usize, targets: &[Target]) -> Vec<Option<usize>> {
+    if targets.is_empty() {
+        return vec![None; slots];
+    }
+    target::deal(targets, slots).into_iter().map(Some).collect()
+}
+
+/// Slot `i` of a shed of `n` connections at `rate_per_s` closes a second (at least 1): closed
+/// `i / rate` after the shed starts, advised `reconnect_spread * i / n`.
+pub fn shed_slot(i: usize, n: usize, rate_per_s: u32, reconnect_spread: Duration) -> Slot {
+    let nanos = i as u128 * 1_000_000_000 / u128::from(rate_per_s.max(1));
+    Slot {
+        close_at: Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)),
+        retry_after: fraction(reconnect_spread, i, n),
+    }
 }
 
 fn fraction(window: Duration, i: usize, n: usize) -> Duration {
@@ -136,6 +164,75 @@ mod tests {
             );
         }
         assert_eq!(slots[0].retry_after_if_closed_at(now), Duration::ZERO);
+    }
+
+    fn t(url: &str, weight: u64) -> Target {
+        Target {
+            url: url.to_owned(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn targets_are_dealt_alike_over_the_whole_window() {
+        // The drain's pairing: slot i gets dealt[i]. In every tenth of the close window, and
+        // among the clients coming back in every tenth of the reconnect window, B gets 3 of 4.
+        let n = 1000;
+        let slots = schedule(n, ms(500), ms(10_000), ms(100), ms(1_000));
+        let dealt = dealt(n, &[t("ws://b/ws", 3), t("ws://c/ws", 1)]);
+        assert_eq!(dealt.len(), n);
+        let per_tenth = |moment: &dyn Fn(&Slot) -> Duration, from: Duration, to: Duration| {
+            let mut b = [0usize; 10];
+            let mut all = [0usize; 10];
+            for (slot, target) in slots.iter().zip(&dealt) {
+                let x = (moment(slot) - from).as_nanos() * 10 / (to - from).as_nanos();
+                let x = (x as usize).min(9);
+                all[x] += 1;
+                b[x] += (*target == Some(0)) as usize;
+            }
+            (b, all)
+        };
+        let (b, all) = per_tenth(&|s| s.close_at, ms(500), ms(10_000));
+        for k in 0..10 {
+            let want = all[k] as f64 * 0.75;
+            assert!(
+                (b[k] as f64 - want).abs() <= 1.0,
+                "close tenth {k}: {b:?} of {all:?}"
+            );
+        }
+        let (b, all) = per_tenth(&Slot::reconnect_at, ms(600), ms(11_100));
+        for k in 0..10 {
+            let want = all[k] as f64 * 0.75;
+            assert!(
+                (b[k] as f64 - want).abs() <= 1.0,
+                "reconnect tenth {k}: {b:?} of {all:?}"
+            );
+        }
+        assert_eq!(super::dealt(3, &[]), [None, None, None]);
+    }
+
+    #[test]
+    fn a_shed_is_paced_by_its_rate() {
+        let spread = ms(200);
+        let slots: Vec<_> = (0..100).map(|i| shed_slot(i, 100, 200, spread)).collect();
+        assert_eq!(
+            slots[0],
+            Slot {
+                close_at: ms(0),
+                retry_after: ms(0)
+            }
+        );
+        assert_eq!(slots[1].close_at, ms(5));
+        assert_eq!(slots[99].close_at, ms(495));
+        assert_eq!(slots[50].retry_after, ms(100));
+        assert!(slots.iter().all(|s| s.retry_after < spread));
+        // Reconnect moments are evenly spaced: 5 ms + 2 ms apart.
+        for pair in slots.windows(2) {
+            assert_eq!(pair[1].reconnect_at() - pair[0].reconnect_at(), ms(7));
+        }
+        // The slowest rate and the largest count do not overflow.
+        let last = shed_slot(usize::MAX, usize::MAX, 1, spread);
+        assert_eq!(last.close_at, Duration::from_nanos(u64::MAX));
     }
 
     #[test]

@@ -7,9 +7,13 @@
 //! A mailbox is a `Notify` and a small mutex-guarded slot rather than a channel, because a node
 //! holds tens of thousands of idle connections and a tokio mpsc channel allocates a block of
 //! slots up front: the mailbox costs about a hundred bytes.
+//!
+//! Connections are kept in id order (ids only grow), so a shed finds the most recently
+//! connected ones by walking down from the top: each step costs O(log n) and the shed keeps no
+//! list of its own.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -41,6 +45,8 @@ pub(crate) struct Orders {
 pub(crate) struct Mailbox {
     wake: Notify,
     orders: Mutex<Orders>,
+    /// Set by the first close order: a shed passes over a connection already closing.
+    closing: AtomicBool,
 }
 
 impl Mailbox {
@@ -52,8 +58,14 @@ impl Mailbox {
 
     /// Orders the connection to close. A later order replaces one not yet picked up.
     pub fn close(&self, order: CloseOrder) {
+        self.closing.store(true, Ordering::Relaxed);
         self.orders.lock().expect("mailbox lock").close = Some(order);
         self.wake.notify_one();
+    }
+
+    /// Whether the connection was ever ordered to close.
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
     }
 
     /// Waits for orders and takes them. Cancel safe: orders stay in the slot until taken, and a
@@ -71,7 +83,8 @@ impl Mailbox {
 
 #[derive(Debug, Default)]
 struct Inner {
-    conns: HashMap<u64, Arc<Mailbox>>,
+    /// By id, so the newest are at the end.
+    conns: BTreeMap<u64, Arc<Mailbox>>,
     /// While draining: the order given to a connection registered after the drain's snapshot
     /// (an upgrade that raced the readiness flip), so none slips through open.
     late_close: Option<CloseOrder>,
@@ -147,6 +160,28 @@ impl Registry {
         inner.conns.values().cloned().collect()
     }
 
+    /// The id the next connection will get: every connection open now has a smaller one.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
+    /// Orders the newest connection with an id below `below` that is not closing yet to close
+    /// with `order`; returns its id, or `None` when there is none. Walking down from the last id
+    /// returned, a shed visits each connection at most once.
+    pub fn close_newest_below(&self, below: u64, order: CloseOrder) -> Option<u64> {
+        let (id, mailbox) = {
+            let inner = self.inner.lock().expect("registry lock");
+            let (id, mailbox) = inner
+                .conns
+                .range(..below)
+                .rev()
+                .find(|(_, mailbox)| !mailbox.is_closing())?;
+            (*id, mailbox.clone())
+        };
+        mailbox.close(order);
+        Some(id)
+    }
+
     /// Ends the closing phase (resume): new connections stay open again.
     pub fn end_closing(&self) {
         self.inner.lock().expect("registry lock").late_close = None;
@@ -200,6 +235,27 @@ mod tests {
         registry.end_closing();
         let (after, _g3) = registry.register();
         assert!(after.orders.lock().unwrap().close.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_shed_closes_the_newest_connections_first_once_each() {
+        let registry = Arc::new(Registry::default());
+        let mut conns: Vec<_> = (0..5).map(|_| registry.register()).collect();
+        let below = registry.next_id();
+        // One connected after the shed began: not the shed's.
+        let (late, _g) = registry.register();
+        // One already closing (a drain's or an earlier shed's order): passed over.
+        conns[3].0.close(order());
+        let first = registry.close_newest_below(below, order()).unwrap();
+        assert_eq!(first, 4);
+        let second = registry.close_newest_below(first, order()).unwrap();
+        assert_eq!(second, 2, "3 was already closing");
+        assert!(late.orders.lock().unwrap().close.is_none());
+        assert_eq!(conns[2].0.next().await.close, Some(order()));
+        assert_eq!(registry.close_newest_below(0, order()), None);
+        // A connection gone since is not found.
+        drop(conns.remove(1));
+        assert_eq!(registry.close_newest_below(second, order()), Some(0));
     }
 
     #[tokio::test]

@@ -51,19 +51,33 @@ impl CloseReason {
         }
     }
 
+    /// A shed close (`ebb rebalance`): the node stays up and sends the client elsewhere,
+    /// advising it to wait `retry_after_ms` first.
+    pub fn rebalance(retry_after_ms: u64) -> Self {
+        CloseReason {
+            reason: "rebalance".to_owned(),
+            ..CloseReason::draining(retry_after_ms)
+        }
+    }
+
     /// The same, sending the client to `url` (dropped at encoding if it does not fit).
     pub fn to(mut self, url: Option<String>) -> Self {
         self.reconnect_to = url;
         self
     }
 
+    /// Whether the whole reason, `reconnect_to` included, fits in [`MAX_REASON_LEN`] bytes (so
+    /// [`CloseReason::encode`] keeps every field): a node that sends a notice before the Close
+    /// names the target in it only when the Close will carry it too.
+    pub fn fits(&self) -> bool {
+        serde_json::to_string(self).is_ok_and(|t| t.len() <= MAX_REASON_LEN)
+    }
+
     /// The JSON text sent in the Close frame, at most [`MAX_REASON_LEN`] bytes: a
     /// `reconnect_to` that does not fit is dropped (never cut), then the `reason` word is cut.
     pub fn encode(&self) -> String {
         let mut reason = self.clone();
-        if reason.reconnect_to.is_some()
-            && serde_json::to_string(&reason).map_or(0, |t| t.len()) > MAX_REASON_LEN
-        {
+        if reason.reconnect_to.is_some() && !reason.fits() {
             reason.reconnect_to = None;
         }
         loop {
@@ -126,6 +140,25 @@ mod tests {
         assert_eq!(
             (back.reconnect_to, back.reason.as_str()),
             (None, "draining")
+        );
+    }
+
+    #[test]
+    fn a_rebalance_close_names_its_target_when_it_fits() {
+        let url = "ws://10.0.0.2:8080/ws".to_owned();
+        let reason = CloseReason::rebalance(150).to(Some(url.clone()));
+        assert!(reason.fits());
+        assert_eq!(
+            reason.encode(),
+            r#"{"reason":"rebalance","retry_after_ms":150,"reconnect_to":"ws://10.0.0.2:8080/ws"}"#
+        );
+        // The longest valid target URL (64 bytes) does not fit beside a 3-digit delay.
+        let long = format!("ws://{}", "h".repeat(crate::target::MAX_TARGET_URL_LEN - 5));
+        let reason = CloseReason::rebalance(150).to(Some(long));
+        assert!(!reason.fits());
+        assert_eq!(
+            CloseReason::decode(&reason.encode()).unwrap().reconnect_to,
+            None
         );
     }
 }

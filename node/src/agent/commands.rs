@@ -15,9 +15,10 @@ use super::gate::{Delivery, Gate, Verdict};
 use super::inbox::{Inbound, Inbox};
 use super::refusals::Refusals;
 use super::{DESIRED_REREAD_INTERVAL, REFUSAL_REPORT_INTERVAL, Retry, nonce};
-use crate::control::DrainRequest;
+use crate::control::{DrainRequest, ShedRequest};
 use ebb_proto::EventKind;
 use ebb_proto::command::{Action, Command, MAX_COMMAND_BYTES, Refusal};
+use ebb_proto::target::Target;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
 use std::sync::Arc;
@@ -203,14 +204,28 @@ impl Worker<'_> {
         }
         let action = cmd.action.name();
         tracing::info!(id = %cmd.id, action, ?delivery, "command accepted");
+        let trigger = format!("command {}", cmd.id);
         match &cmd.action {
             Action::Drain(drain) => self.cx.control.drain(DrainRequest {
                 then: drain.then,
                 deadline: drain.deadline_ms.map(Duration::from_millis),
-                trigger: format!("command {}", cmd.id),
+                targets: others(&drain.targets, &self.cx.identity.url),
+                trigger,
             }),
             Action::Resume(_) => self.cx.control.resume(),
-            Action::Shed(_) => tracing::warn!(id = %cmd.id, "shed is not supported by this node"),
+            Action::Shed(shed) => {
+                let targets = others(&shed.targets, &self.cx.identity.url);
+                if targets.is_empty() {
+                    tracing::warn!(id = %cmd.id, "shed ignored: its only target is this node");
+                } else {
+                    self.cx.control.shed(ShedRequest {
+                        count: usize::try_from(shed.count).unwrap_or(usize::MAX),
+                        rate_per_s: shed.rate_per_s,
+                        targets,
+                        trigger,
+                    });
+                }
+            }
         }
         self.cx.metrics.command_applied(action);
         let applied = EventKind::CommandApplied {
@@ -244,6 +259,16 @@ impl Worker<'_> {
     }
 }
 
+/// The targets that are not this node (advertised at `own_url`): a node never sends its
+/// clients back to itself, whatever the coordinator (or whoever published) put in the command.
+fn others(targets: &[Target], own_url: &str) -> Vec<Target> {
+    targets
+        .iter()
+        .filter(|t| t.url != own_url)
+        .cloned()
+        .collect()
+}
+
 /// Reads at most [`MAX_COMMAND_BYTES`] + 1 bytes of the desired-state key: whatever is stored
 /// there, only that much crosses the network.
 async fn read_desired(
@@ -263,5 +288,29 @@ async fn read_desired(
             Refusal::Malformed("the desired-state key does not hold a string".to_owned()),
         )),
         Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_never_hands_out_its_own_url() {
+        let t = |url: &str, weight| Target {
+            url: url.to_owned(),
+            weight,
+        };
+        let own = "ws://10.0.0.1:8080/ws";
+        let targets = [
+            t("ws://10.0.0.2:8080/ws", 3),
+            t(own, 5),
+            t("ws://10.0.0.3:8080/ws", 1),
+        ];
+        assert_eq!(
+            others(&targets, own),
+            [t("ws://10.0.0.2:8080/ws", 3), t("ws://10.0.0.3:8080/ws", 1)]
+        );
+        assert!(others(&[t(own, 1)], own).is_empty());
     }
 }

@@ -58,7 +58,9 @@ async fn a_client_survives_a_drain_without_losing_or_duplicating_a_message() {
     while let Ok(event) = events.try_recv() {
         match event {
             Event::Reply { id, .. } => replies.push(id),
-            Event::Disconnected { code, advised: a } => {
+            Event::Disconnected {
+                code, advised: a, ..
+            } => {
                 assert_eq!(code, Some(1001));
                 closed_at = Some(Instant::now());
                 advised = a;

@@ -86,7 +86,7 @@ async fn huge_advised_delays_in_a_notice_and_a_close_are_capped() {
     .await;
     assert_eq!(notice.reconnect_in, u64::MAX);
     let advised = until(&mut events, SECS(5), |e| match e {
-        Event::Disconnected { code, advised } => Some((code, advised)),
+        Event::Disconnected { code, advised, .. } => Some((code, advised)),
         _ => None,
     })
     .await;

@@ -1,10 +1,12 @@
 //! ebb-client over real TCP: against real nodes through drains ([`drains`]), at its own limits
 //! ([`limits`]: frame size, a full queue, thousands of pending messages), and against hostile
-//! servers ([`hostile`]: absurd advised delays, a flood of pushes).
+//! servers ([`hostile`]: absurd advised delays, a flood of pushes), and the reconnect targets
+//! servers name ([`targets`]: followed only when listed).
 
 mod drains;
 mod hostile;
 mod limits;
+mod targets;
 
 use ebb_client::Event;
 use std::collections::BTreeSet;
