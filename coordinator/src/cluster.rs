@@ -313,11 +313,19 @@ impl Cluster {
         Ok(records)
     }
 
-    /// Sends a command: written as the node's desired state (so a node that is disconnected
-    /// now obeys when it reconnects), then published. Returns how many subscribers got it.
+    /// Sends a command: a drain or resume is written as the node's desired state (so a node that
+    /// is disconnected now obeys when it reconnects), then published; a shed is only published
+    /// (it is for now, not for whenever the node comes back). Returns how many subscribers got it.
     pub async fn send(&mut self, command: &Command) -> Result<usize, ClusterError> {
         let secret = self.secret.as_ref();
         let payload = command.encode(secret, COMMAND_TTL.as_millis() as u64);
+        if matches!(command.action, ebb_proto::command::Action::Shed(_)) {
+            let receivers: usize = self
+                .conn
+                .publish(self.keys.commands(&command.target), &payload)
+                .await?;
+            return Ok(receivers);
+        }
         // A signed command is valid for COMMAND_TTL only; keeping it longer helps nobody.
         let desired_ttl = match secret {
             Some(_) => COMMAND_TTL,

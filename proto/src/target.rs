@@ -62,12 +62,19 @@ pub fn deal(targets: &[Target], n: usize) -> Vec<usize> {
     if targets.is_empty() {
         return Vec::new();
     }
-    let total: u128 = targets.iter().map(|t| t.weight as u128).sum();
-    let mut given = vec![0u128; targets.len()];
+    // Signed: a target already past its share owes a negative amount. Weights are at most
+    // MAX_WEIGHT (1e8) and there are at most MAX_TARGETS of them in a command, but this is a
+    // public function: it saturates rather than trusts that.
+    let total: i128 = targets.iter().map(|t| t.weight as i128).sum();
+    let mut given = vec![0i128; targets.len()];
     (0..n)
         .map(|i| {
             // The target furthest behind its share of the first i+1 clients.
-            let owed = |k: usize| (i as u128 + 1) * targets[k].weight as u128 - given[k] * total;
+            let owed = |k: usize| {
+                (i as i128 + 1)
+                    .saturating_mul(targets[k].weight as i128)
+                    .saturating_sub(given[k].saturating_mul(total))
+            };
             let k = (0..targets.len())
                 .max_by_key(|&k| (owed(k), std::cmp::Reverse(k)))
                 .expect("targets is not empty");
@@ -122,6 +129,13 @@ mod tests {
             assert!((c[0] as f64 - 0.75 * p as f64).abs() <= 1.0, "{p}: {c:?}");
         }
         assert!(deal(&[], 5).is_empty());
+        // A target past its share (it got the tie) owes a negative amount, not an overflow.
+        let uneven = [t("ws://a/ws", 1), t("ws://b/ws", 1000), t("ws://c/ws", 1)];
+        let counts: Vec<usize> = (0..3)
+            .map(|k| deal(&uneven, 5000).iter().filter(|x| **x == k).count())
+            .collect();
+        assert_eq!(counts.iter().sum::<usize>(), 5000);
+        assert!(counts[0] <= 6 && counts[2] <= 6, "{counts:?}");
         assert_eq!(
             deal(
                 &[t("ws://a/ws", u64::MAX / 2), t("ws://b/ws", u64::MAX / 2)],
@@ -129,5 +143,28 @@ mod tests {
             ),
             [0, 1, 0, 1]
         );
+    }
+
+    proptest::proptest! {
+        /// Any weights a command may carry: every client dealt, and every prefix within one of
+        /// each target's share. (A panic here would be a node's drain dying on a command.)
+        #[test]
+        fn dealing_never_panics_and_keeps_every_prefix_in_proportion(
+            weights in proptest::collection::vec(1..=MAX_WEIGHT, 1..=MAX_TARGETS),
+            n in 0usize..400,
+        ) {
+            let targets: Vec<Target> = weights.iter().map(|w| t("ws://x/ws", *w)).collect();
+            let dealt = deal(&targets, n);
+            proptest::prop_assert_eq!(dealt.len(), n);
+            let total: f64 = weights.iter().map(|w| *w as f64).sum();
+            let mut counts = vec![0f64; targets.len()];
+            for (i, k) in dealt.iter().enumerate() {
+                counts[*k] += 1.0;
+                for (k, c) in counts.iter().enumerate() {
+                    let share = (i + 1) as f64 * weights[k] as f64 / total;
+                    proptest::prop_assert!((c - share).abs() <= 1.0 + 1e-9, "target {k} at {i}: {c} vs {share}");
+                }
+            }
+        }
     }
 }

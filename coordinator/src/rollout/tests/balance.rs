@@ -20,7 +20,8 @@ fn imbalance_is_max_over_mean() {
     assert_eq!(imbalance(&[]), 1.0);
     assert_eq!(imbalance(&[0, 0]), 1.0);
     assert_eq!(imbalance(&[100, 100, 100]), 1.0);
-    assert!((imbalance(&[1655, 863, 0]) - 1.655).abs() < 0.01);
+    // The demo before: 2,518 clients over three nodes, the most on one 1,655.
+    assert!((imbalance(&[1655, 863, 0]) - 1.972).abs() < 0.01);
 }
 
 #[test]
