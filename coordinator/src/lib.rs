@@ -7,7 +7,8 @@
 //! - [`commands`]: one module per subcommand (`status`, `drain`, `resume`, `rolling-restart`,
 //!   `sign`, `acl`), each returning an [`commands::Outcome`] the binary maps to an exit code;
 //! - [`progress`]: live progress on a terminal, plain lines elsewhere;
-//! - [`exec`]: `--exec` commands.
+//! - [`exec`]: `--exec` and `--check` commands;
+//! - [`service`]: `ebb serve`, the coordinator as a service driven by requests in Redis.
 
 pub mod cluster;
 pub mod commands;
@@ -15,3 +16,4 @@ pub mod exec;
 pub mod lock;
 pub mod progress;
 pub mod rollout;
+pub mod service;

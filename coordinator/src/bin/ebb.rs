@@ -110,6 +110,41 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run as a service: take rolling-restart requests from Redis (leader only; others stand
+    /// by), serve the HTTP API and status page.
+    Serve {
+        /// Address of the HTTP API and status page.
+        #[arg(long, env = "EBB_SERVE_LISTEN", default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
+        /// Bearer token of the API's write endpoints (off without one).
+        #[arg(long, env = "EBB_API_TOKEN", hide_env_values = true)]
+        api_token: Option<String>,
+        /// `--exec` template of every rollout this service runs (requests cannot carry commands).
+        #[arg(long)]
+        exec: Option<String>,
+        /// `--check` template of every rollout this service runs.
+        #[arg(long)]
+        check: Option<String>,
+        /// How long Redis may be unreachable before a rollout stops.
+        #[arg(long, default_value_t = rollout::DEFAULT_REDIS_GRACE.into())]
+        redis_grace: humantime::Duration,
+        /// Expiry of the rollout lock.
+        #[arg(long, default_value_t = ebb_proto::keys::ROLLOUT_LOCK_TTL.into(), value_parser = parse_lock_ttl)]
+        lock_ttl: humantime::Duration,
+    },
+    /// Ask `ebb serve` for a rolling restart, through the request stream in Redis.
+    Request {
+        #[command(subcommand)]
+        kind: RequestKind,
+    },
+    /// Follow a request of `ebb serve` to its end (default: the running one); exits with the
+    /// rollout's exit code.
+    Watch {
+        id: Option<String>,
+        /// Give up after this long.
+        #[arg(long, default_value = "2h")]
+        timeout: humantime::Duration,
+    },
     /// Pause, continue or abort the running rollout (from any terminal or CI job).
     Rollout {
         #[command(subcommand)]
@@ -190,6 +225,25 @@ impl AclArgs {
             },
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+enum RequestKind {
+    /// A rolling restart, with the flags of `ebb rolling-restart`.
+    RollingRestart {
+        /// The idempotency key: a request with an id that already ran runs nothing (default:
+        /// a fresh one).
+        #[arg(long)]
+        id: Option<String>,
+        /// Follow it to its end, as `ebb watch` does.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this long.
+        #[arg(long, default_value = "2h")]
+        timeout: humantime::Duration,
+        #[command(flatten)]
+        rollout: Box<RollingArgs>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Subcommand)]
@@ -302,6 +356,46 @@ fn parse_lock_ttl(s: &str) -> Result<humantime::Duration, String> {
 }
 
 impl RollingArgs {
+    /// The options of a request: what a service rollout may be asked (commands and this
+    /// process's own flags are not).
+    fn into_options(self) -> Result<ebb_proto::request::RolloutOptions, String> {
+        let own = [
+            (self.dry_run, "--dry-run"),
+            (self.json, "--json"),
+            (self.resume, "--resume"),
+            (self.fresh, "--fresh"),
+            (self.exec.is_some(), "--exec (configure it on ebb serve)"),
+            (self.check.is_some(), "--check (configure it on ebb serve)"),
+        ];
+        if let Some((_, flag)) = own.iter().find(|(given, _)| *given) {
+            return Err(format!("{flag} cannot be part of a request"));
+        }
+        let text = |d: Option<humantime::Duration>| d.map(|d| d.to_string());
+        Ok(ebb_proto::request::RolloutOptions {
+            nodes: self.nodes,
+            max_parallel: self.max_parallel.map(|m| m.to_string()),
+            min_active: self.min_active,
+            ack_timeout: text(self.ack_timeout),
+            ack_retries: self.ack_retries,
+            drain_timeout: text(self.drain_timeout),
+            exit_timeout: text(self.exit_timeout),
+            replace_timeout: text(self.replace_timeout),
+            settle: text(self.settle),
+            min_ready: text(self.min_ready),
+            pause_after: self.pause_after,
+            ephemeral_names: self.ephemeral_names,
+            on_node_lost: self.on_node_lost.map(|o| match o {
+                OnLost::Wait => "wait".to_owned(),
+                OnLost::Abort => "abort".to_owned(),
+            }),
+            on_check_fail: self.on_check_fail.map(|c| match c {
+                CheckFailArg::Pause => "pause".to_owned(),
+                CheckFailArg::Abort => "abort".to_owned(),
+            }),
+            rebalance: self.no_rebalance.then_some(false),
+        })
+    }
+
     fn into_args(self) -> commands::rolling_restart::Args {
         let duration = |d: Option<humantime::Duration>| d.map(Into::into);
         commands::rolling_restart::Args {
@@ -393,6 +487,46 @@ fn main() -> ExitCode {
                 tokio::spawn(interrupt_on_signals(interrupt.clone()));
                 commands::rolling_restart::run(&target, args.into_args(), interrupt).await
             }
+            Cmd::Serve {
+                listen,
+                api_token,
+                exec,
+                check,
+                redis_grace,
+                lock_ttl,
+            } => {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(interrupt_on_signals(shutdown.clone()));
+                let config = ebb_coordinator::service::Config {
+                    listen,
+                    api_token: api_token.filter(|t| !t.is_empty()),
+                    exec,
+                    check,
+                    redis_grace: redis_grace.into(),
+                    lock_ttl: lock_ttl.into(),
+                };
+                commands::serve::run(&target, config, shutdown).await
+            }
+            Cmd::Request {
+                kind:
+                    RequestKind::RollingRestart {
+                        id,
+                        wait,
+                        timeout,
+                        rollout,
+                    },
+            } => match rollout.into_options() {
+                Err(why) => Err(commands::Error::Usage(why)),
+                Ok(options) => {
+                    let args = commands::request::Args {
+                        id,
+                        options,
+                        wait: wait.then(|| timeout.into()),
+                    };
+                    commands::request::run(&target, args).await
+                }
+            },
+            Cmd::Watch { id, timeout } => commands::watch::run(&target, id, timeout.into()).await,
             Cmd::Rebalance {
                 tolerance,
                 rate,

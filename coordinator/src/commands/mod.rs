@@ -4,11 +4,14 @@
 pub mod acl;
 pub mod drain;
 pub mod rebalance;
+pub mod request;
 pub mod resume;
 pub mod rolling_restart;
 pub mod rollout;
+pub mod serve;
 pub mod sign;
 pub mod status;
+pub mod watch;
 
 use crate::cluster::{Cluster, ClusterError};
 use ebb_proto::NodeName;

@@ -28,6 +28,19 @@ pub async fn run(target: &Target, as_json: bool) -> Result<Outcome, Error> {
     Ok(Outcome::Success)
 }
 
+/// The nodes (as `status --json` lists them) and the saved rollout (or null), for the API.
+pub async fn snapshot(
+    cluster: &mut crate::cluster::Cluster,
+) -> Result<(serde_json::Value, serde_json::Value), crate::cluster::ClusterError> {
+    let nodes = cluster.nodes().await?;
+    let rollout = cluster
+        .rollout_state()
+        .await?
+        .map(|json| rollout_json(&super::rolling_restart::read_saved(&json)));
+    let nodes: Vec<_> = nodes.iter().map(record_json).collect();
+    Ok((json!(nodes), rollout.unwrap_or(serde_json::Value::Null)))
+}
+
 /// The saved rollout as JSON: id, status (running, paused, aborted...), progress, in flight.
 fn rollout_json(saved: &Result<Saved, String>) -> serde_json::Value {
     let saved = match saved {
@@ -43,14 +56,21 @@ fn rollout_json(saved: &Result<Saved, String>) -> serde_json::Value {
         .in_flight()
         .map(|n| json!({ "name": n.name(), "phase": n.phase.name() }))
         .collect();
+    let nodes: Vec<_> = r
+        .nodes
+        .iter()
+        .map(|n| json!({ "name": n.name(), "phase": n.phase.name() }))
+        .collect();
     json!({
         "id": r.id,
+        "request": saved.request,
         "status": status,
         "reason": r.mode_reason,
         "by": r.mode_by,
         "done": r.done(),
         "nodes": r.nodes.len(),
         "in_flight": in_flight,
+        "plan": nodes,
         "max_parallel": saved.policy.max_parallel.to_string(),
     })
 }
