@@ -1,8 +1,9 @@
 //! A minimal real HTTP/1.1 client (hyper, one connection per request).
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+pub use http::Method;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 
@@ -28,6 +29,30 @@ pub async fn request(
     path: &str,
     bearer: Option<&str>,
 ) -> std::io::Result<Response> {
+    send(addr, method, path, bearer, Bytes::new()).await
+}
+
+/// `POST path` with a body and an optional bearer token, panicking if the server cannot be
+/// reached.
+pub async fn post_body(addr: SocketAddr, path: &str, bearer: Option<&str>, body: &str) -> Response {
+    send(
+        addr,
+        Method::POST,
+        path,
+        bearer,
+        Bytes::from(body.to_owned()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+async fn send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    bearer: Option<&str>,
+    body: Bytes,
+) -> std::io::Result<Response> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -41,7 +66,7 @@ pub async fn request(
         request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
     let request = request
-        .body(Empty::<Bytes>::new())
+        .body(http_body_util::Full::new(body))
         .expect("a valid request");
     let response = sender
         .send_request(request)

@@ -239,8 +239,9 @@ async fn control(
     };
     let mut cluster = connect(&app).await?;
     let (_, rollout) = status::snapshot(&mut cluster).await.map_err(unavailable)?;
-    if rollout["request"] != id.as_str() {
-        let why = format!("request {id:?} is not the running rollout");
+    let steerable = matches!(rollout["status"].as_str(), Some("running" | "paused"));
+    if rollout["request"] != id.as_str() || !steerable {
+        let why = format!("request {id:?} is not a running rollout");
         return Err(error(StatusCode::CONFLICT, why));
     }
     let rollout_id = rollout["id"].as_str().ok_or_else(|| {
