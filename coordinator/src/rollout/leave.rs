@@ -193,11 +193,9 @@ impl NodeRun {
             });
         }
         if self.result.drained_at.is_none() {
-            if clean {
-                self.result.mark_drained(now);
-            } else {
-                self.result.drained_at = Some(now);
-            }
+            // Until it went: its goodbye may still come (and clear `lost`), and a node that
+            // vanished was out of service that long either way.
+            self.result.mark_drained(now);
         }
         self.note_drained(ctx.obs, instance);
         if ctx.policy.exec {

@@ -4,8 +4,8 @@
 //!
 //! Candidates are active nodes not in flight. Nodes already restarted (or not in the plan, such
 //! as a new pod) come first; nodes about to be drained (the next ones the scheduler would admit)
-//! are used only when nothing else is left. Each target's weight is its room: capacity minus
-//! connections when every candidate states a capacity, else what it lacks of an even share.
+//! are used only when nothing else is left. Each target's weight is its room: what it lacks of
+//! its share (by capacity, or even), within what its capacity leaves.
 
 use super::Policy;
 use super::node::{NodeRun, Phase};
@@ -46,7 +46,7 @@ pub fn for_drain(
         .active_except(&in_flight)
         .filter(|(name, v)| *name != run.name() && target(v).is_some())
         .collect();
-    let room = rooms(obs, &candidates);
+    let room = rooms(&candidates, moving);
     let pick = |keep: &dyn Fn(&NodeName) -> bool| -> Vec<(usize, u64)> {
         (0..candidates.len())
             .filter(|&k| keep(candidates[k].0))
@@ -74,23 +74,36 @@ pub fn for_drain(
         .collect()
 }
 
-/// A candidate's room for more connections.
-fn rooms(obs: &Observation, candidates: &[(&NodeName, &NodeView)]) -> Vec<u64> {
-    if candidates.iter().all(|(_, v)| v.capacity.is_some()) {
-        return candidates
-            .iter()
-            .map(|(_, v)| v.capacity.unwrap_or(0).saturating_sub(v.connections).max(1))
-            .collect();
-    }
-    let total = obs
-        .nodes
-        .values()
-        .map(|v| v.connections)
-        .fold(0, u64::saturating_add);
-    let share = total.div_ceil(obs.nodes.len().max(1) as u64);
+/// A candidate's room: what it lacks of its share of the connections the candidates will hold
+/// once `moving` have arrived (shares in proportion to capacity when every candidate states
+/// one, else even), and never more than its capacity leaves. Weighing by capacity alone would
+/// spread clients evenly over nodes of unequal load and leave the fleet as uneven as it was.
+fn rooms(candidates: &[(&NodeName, &NodeView)], moving: u64) -> Vec<u64> {
+    let total = candidates
+        .iter()
+        .map(|(_, v)| v.connections)
+        .fold(moving, u64::saturating_add);
+    let capacities: Option<Vec<u64>> = candidates.iter().map(|(_, v)| v.capacity).collect();
+    let all_capacity: u64 = capacities
+        .iter()
+        .flatten()
+        .fold(0, |a, c| a.saturating_add(*c));
     candidates
         .iter()
-        .map(|(_, v)| share.saturating_sub(v.connections).max(1))
+        .enumerate()
+        .map(|(k, (_, v))| {
+            let share = match &capacities {
+                Some(caps) if all_capacity > 0 => {
+                    (total as u128 * caps[k] as u128 / all_capacity as u128) as u64
+                }
+                _ => total.div_ceil(candidates.len().max(1) as u64),
+            };
+            let lacks = share.saturating_sub(v.connections);
+            let fits = v
+                .capacity
+                .map_or(u64::MAX, |c| c.saturating_sub(v.connections));
+            lacks.min(fits).max(1)
+        })
         .collect()
 }
 

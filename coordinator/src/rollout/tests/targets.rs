@@ -53,7 +53,11 @@ fn the_first_node_sends_its_clients_past_the_next_one_to_be_drained() {
     let (s, mut runs, ids) = script(&[("a", 1000), ("b", 1000), ("c", 1000)]);
     admit(&mut runs, 0, ids[0]);
     let targets = for_drain(&runs, &s.obs, &Policy::default(), 0);
-    assert_eq!(urls(&targets), [("c".to_owned(), 1)], "b is drained next");
+    assert_eq!(
+        urls(&targets),
+        [("c".to_owned(), 500)],
+        "b is drained next; c lacks 500 of an even 1500"
+    );
 }
 
 #[test]
@@ -66,8 +70,8 @@ fn restarted_nodes_come_first_while_they_have_room() {
     let targets = for_drain(&runs, &s.obs, &Policy::default(), 1);
     assert_eq!(
         urls(&targets),
-        [("a".to_owned(), 1000)],
-        "a's room is a third of 3000"
+        [("a".to_owned(), 1500)],
+        "c is next; a lacks its half of the 3000 that a and c will hold"
     );
 }
 
@@ -84,7 +88,8 @@ fn known_capacities_weigh_by_room_and_no_url_that_cannot_be_a_target_is_used() {
     let targets = for_drain(&runs, &s.obs, &Policy::default(), 0);
     assert_eq!(
         urls(&targets),
-        [("b".to_owned(), 800), ("c".to_owned(), 500)]
+        [("b".to_owned(), 200), ("c".to_owned(), 1)],
+        "of 800 over two equal capacities, b lacks 200 and c none"
     );
 }
 
