@@ -33,6 +33,8 @@ pub const WINDOW: (u32, u32) = (1200, 800);
 const START_WITHIN: Duration = Duration::from_secs(30);
 /// Longest wait for the answer to one DevTools command.
 const ANSWER_WITHIN: Duration = Duration::from_secs(20);
+/// Longest wait for a page to load.
+const LOAD_WITHIN: Duration = Duration::from_secs(30);
 /// Longest wait for the browser to quit once asked.
 const QUIT_WITHIN: Duration = Duration::from_secs(10);
 /// Stderr lines kept, for the message of a failure.
@@ -179,6 +181,19 @@ impl Browser {
     /// Sends one DevTools command (to the page of `tab`, or to the browser) and returns its
     /// result; panics on an error answer or after [`ANSWER_WITHIN`]. Events are ignored.
     pub async fn call(&self, tab: Option<&Tab>, method: &str, params: Value) -> Value {
+        self.try_call(tab, method, params)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Browser::call`], with an error answer (e.g. a page navigating meanwhile) as `Err`. A
+    /// lost connection or no answer within [`ANSWER_WITHIN`] still panics.
+    pub async fn try_call(
+        &self,
+        tab: Option<&Tab>,
+        method: &str,
+        params: Value,
+    ) -> Result<Value, String> {
         let id = self.next_id.fetch_add(1, Ordering::SeqCst);
         let mut command = json!({ "id": id, "method": method, "params": params });
         if let Some(tab) = tab {
@@ -207,9 +222,9 @@ impl Browser {
                     continue;
                 }
                 if let Some(error) = answer.get("error") {
-                    panic!("DevTools {method} failed: {error}");
+                    return Err(format!("DevTools {method} failed: {error}"));
                 }
-                return answer["result"].clone();
+                return Ok(answer["result"].clone());
             }
         };
         tokio::time::timeout(ANSWER_WITHIN, exchange)
@@ -222,7 +237,8 @@ impl Browser {
             })
     }
 
-    /// Opens `url` in a new page (it loads meanwhile: wait on what it shows with [`Browser::eval`]).
+    /// Opens `url` in a new page and waits (bounded) until it has loaded; its scripts run on:
+    /// wait on what it shows with [`Browser::eval`].
     pub async fn open(&self, url: &str) -> Tab {
         let created = self
             .call(None, "Target.createTarget", json!({ "url": url }))
@@ -242,22 +258,42 @@ impl Browser {
             .as_str()
             .expect("a session id")
             .to_owned();
-        Tab { session }
+        let tab = Tab { session };
+        crate::eventually(&format!("{url} to load"), LOAD_WITHIN, || async {
+            // Before the navigation commits, the page is about:blank (or has no context yet).
+            let state = self
+                .try_eval(&tab, "document.readyState + ' ' + location.href")
+                .await
+                .ok()?;
+            let state = state.as_str()?;
+            (state.starts_with("complete ") && !state.ends_with("about:blank")).then_some(())
+        })
+        .await;
+        tab
     }
 
     /// Evaluates `expression` in the page (awaiting a promise) and returns its value as JSON;
     /// panics when it throws.
     pub async fn eval(&self, tab: &Tab, expression: &str) -> Value {
+        self.try_eval(tab, expression)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Browser::eval`], with an exception or an error answer as `Err`.
+    pub async fn try_eval(&self, tab: &Tab, expression: &str) -> Result<Value, String> {
         let params = json!({
             "expression": expression,
             "returnByValue": true,
             "awaitPromise": true,
         });
-        let result = self.call(Some(tab), "Runtime.evaluate", params).await;
+        let result = self.try_call(Some(tab), "Runtime.evaluate", params).await?;
         if let Some(exception) = result.get("exceptionDetails") {
-            panic!("the page threw evaluating {expression:?}: {exception}");
+            return Err(format!(
+                "the page threw evaluating {expression:?}: {exception}"
+            ));
         }
-        result["result"]["value"].clone()
+        Ok(result["result"]["value"].clone())
     }
 
     /// The page's DOM as it is now, serialized (`document.documentElement.outerHTML`).

@@ -5,7 +5,8 @@
 //! DevTools protocol while the rollout runs (the page polls `/api/status` every second): every
 //! node's row with its name and state, the rollout with its id, its request, each planned node's
 //! phase and the one node in flight, a drain as it happens, leadership on both pages; then the
-//! rollout's end. The clients lose nothing, and the rollout completes.
+//! rollout's end, and the standby's page showing it leading once the leader stopped. The clients
+//! lose nothing, and the rollout completes.
 //!
 //! Artifacts, written on every run (the paths are printed; `--no-capture` shows them):
 //! `target/test-artifacts/serve-page.png`, a 1200x800 screenshot of the leader's page with the
@@ -409,8 +410,28 @@ async fn the_status_page_follows_a_rolling_restart_in_a_real_browser() {
     }
 
     traffic.finish(SECS(30)).await.assert_nothing_lost();
+
+    // Leadership moves: the leader stops (SIGTERM releases the lease) and the standby's page,
+    // the same load still, shows it leading.
+    leader.stop().await;
+    let stopped = std::time::Instant::now();
+    let took_over = page_when(&browser, &standby_page, "the standby leading", |s| {
+        s["role"] == "leader"
+    })
+    .await;
+    eprintln!(
+        "the standby's page showed it leading {:?} after the leader exited",
+        stopped.elapsed()
+    );
+    assert_eq!(took_over["role_text"], "leader", "{took_over}");
+    assert!(
+        took_over["lease_text"]
+            .as_str()
+            .unwrap()
+            .ends_with("carries out requests"),
+        "{took_over}"
+    );
     browser.close().await;
     standby.stop().await;
-    leader.stop().await;
     drop(nodes);
 }
