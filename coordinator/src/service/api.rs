@@ -144,7 +144,7 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
 async fn api_status(AxumState(app): AxumState<App>) -> Result<Json<Value>, ApiError> {
     let mut cluster = connect(&app).await?;
     let (nodes, rollout) = status::snapshot(&mut cluster).await.map_err(unavailable)?;
-    let lease = lease(&mut cluster).await.map_err(unavailable)?;
+    let lease = lease(&mut cluster).await;
     Ok(Json(json!({
         "leader": app.leader.load(Ordering::SeqCst),
         "consumer": app.consumer,
@@ -158,16 +158,16 @@ async fn api_status(AxumState(app): AxumState<App>) -> Result<Json<Value>, ApiEr
 /// Longest lease holder's host name shown.
 const MAX_HOST_LEN: usize = 253;
 
-/// Who holds the leader lease, as `{"host", "pid", "since_ms"}`; null when nobody does or the
-/// value is not a lease (anything in Redis may be).
-async fn lease(cluster: &mut Cluster) -> Result<Value, redis::RedisError> {
+/// Who holds the leader lease, as `{"host", "pid", "since_ms"}`; null when nobody does, or the
+/// key holds no lease (anything in Redis may: another type, other JSON), or cannot be read.
+async fn lease(cluster: &mut Cluster) -> Value {
     let key = cluster.keys().serve_leader();
-    let value: Option<String> = cluster.conn().get(key).await?;
+    let value: Option<String> = cluster.conn().get(key).await.ok().flatten();
     let Some(holder) = value.and_then(|v| serde_json::from_str::<Holder>(&v).ok()) else {
-        return Ok(Value::Null);
+        return Value::Null;
     };
     let host: String = holder.host.chars().take(MAX_HOST_LEN).collect();
-    Ok(json!({ "host": host, "pid": holder.pid, "since_ms": holder.started_at_ms }))
+    json!({ "host": host, "pid": holder.pid, "since_ms": holder.started_at_ms })
 }
 
 async fn rollout(
