@@ -420,6 +420,7 @@ def check_kubernetes() -> None:
         ok("PodDisruptionBudget: maxUnavailable 1")
     else:
         fail("deploy/k8s: no PodDisruptionBudget with maxUnavailable: 1")
+    check_serve_kubernetes(workloads, services, configmaps)
 
 
 def check_rollout_args(where: str, args: list[str], configmaps: dict) -> None:
@@ -441,6 +442,224 @@ def check_rollout_args(where: str, args: list[str], configmaps: dict) -> None:
     for arg in args:
         if arg.startswith("--exec") and "kubectl" in arg:
             ok(f"{where}: --exec uses kubectl (needs the deploy/Dockerfile.kubectl image and the Role)")
+
+
+# ---- ebb serve ------------------------------------------------------------------------------
+#
+# `ebb serve` answers its probes, its Service and its published port only where it listens: its
+# default (127.0.0.1:8090) is unreachable from outside a pod or container, so the listen address
+# is checked against the ports that point at it. Its secrets come from a Secret (Kubernetes) or
+# from the environment of whoever runs compose, never from the file.
+
+SERVE_PATH = "/api/status"
+SERVE_DEFAULT_LISTEN = "127.0.0.1:8090"
+SERVE_SECRETS = ("EBB_SECRET", "EBB_API_TOKEN")
+
+
+def runs_serve(command: list, args: list) -> bool:
+    """`ebb [global flags] serve ...` (the `ebb` CLI, not ebb-node)."""
+    words = [str(w) for w in [*command, *args]]
+    return bool(words) and any(w.endswith("/ebb") or w == "ebb" for w in words[:1]) \
+        and "serve" in words[1:]
+
+
+def listen_of(args: list, env: dict) -> tuple[str, str]:
+    """(where it comes from, `host:port`): `--listen` in args, EBB_SERVE_LISTEN, or the default."""
+    args = [str(a) for a in args]
+    for i, arg in enumerate(args):
+        if arg.startswith("--listen="):
+            return "--listen", arg.split("=", 1)[1]
+        if arg == "--listen" and i + 1 < len(args):
+            return "--listen", args[i + 1]
+    if env.get("EBB_SERVE_LISTEN"):
+        return "EBB_SERVE_LISTEN", str(env["EBB_SERVE_LISTEN"])
+    return "the default", SERVE_DEFAULT_LISTEN
+
+
+def split_listen(addr: str) -> tuple[str, int] | None:
+    m = re.fullmatch(r"\[?([^\]]*)\]?:(\d+)", addr.strip())
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def reachable_listen(where: str, source: str, addr: str) -> int | None:
+    """The port, when `addr` is reachable from outside the pod or container; fails otherwise."""
+    split = split_listen(addr)
+    if split is None:
+        fail(f"{where}: {source} {addr!r} is not host:port")
+        return None
+    host, port = split
+    if host in ("127.0.0.1", "localhost", "::1"):
+        fail(f"{where}: listens on {addr} ({source}): loopback, out of reach of probes, Services"
+             " and published ports; set EBB_SERVE_LISTEN=0.0.0.0:<port>")
+        return None
+    return port
+
+
+def check_serve_kubernetes(workloads: list, services: list, configmaps: dict) -> None:
+    found = 0
+    for path, doc in workloads:
+        spec = pod_spec(doc) or {}
+        where = f"{rel(path)}: {doc['kind']}/{doc['metadata']['name']}"
+        for container in spec.get("containers", []):
+            if not runs_serve(container.get("command") or [], container.get("args") or []):
+                continue
+            found += 1
+            cwhere = f"{where} container {container['name']}"
+            replicas = doc.get("spec", {}).get("replicas", 1)
+            if doc["kind"] == "Deployment" and replicas >= 2:
+                ok(f"{cwhere}: ebb serve, {replicas} replicas: a leader and a standby that takes over")
+            else:
+                fail(f"{cwhere}: ebb serve should be a Deployment of 2+ replicas (a standby takes"
+                     f" over a dead leader's rollout), not a {doc['kind']} of {replicas}")
+            env, _ = container_env(container, configmaps, cwhere)
+            source, addr = listen_of(container.get("args") or [], env)
+            port = reachable_listen(cwhere, source, addr)
+            ports = {p.get("name"): p.get("containerPort") for p in container.get("ports", []) or []}
+            readiness = (container.get("readinessProbe") or {}).get("httpGet") or {}
+            probe_port = ports.get(readiness.get("port"), readiness.get("port"))
+            if readiness.get("path") != SERVE_PATH:
+                fail(f"{cwhere}: needs a readinessProbe httpGet on {SERVE_PATH} (503 while Redis is"
+                     " unreachable)")
+            elif port is not None and probe_port != port:
+                fail(f"{cwhere}: the readiness probe asks port {probe_port}, ebb serve listens on"
+                     f" {addr} ({source})")
+            elif port is not None:
+                ok(f"{cwhere}: readiness GET {SERVE_PATH} on port {port}, where it listens"
+                   f" ({source} {addr})")
+            liveness = (container.get("livenessProbe") or {}).get("httpGet") or {}
+            if liveness.get("path") == SERVE_PATH:
+                fail(f"{cwhere}: a livenessProbe on {SERVE_PATH} restarts every replica when Redis"
+                     " is away")
+            by_name = {v["name"]: v for v in container.get("env", []) or []}
+            redis = by_name.get("EBB_REDIS_URL", {})
+            from_config = (redis.get("valueFrom") or {}).get("configMapKeyRef") or any(
+                "EBB_REDIS_URL" in (configmaps.get(src.get("configMapRef", {}).get("name"), {})
+                                    .get("data") or {})
+                for src in container.get("envFrom", []) or [])
+            if from_config:
+                ok(f"{cwhere}: EBB_REDIS_URL (--redis) from a ConfigMap")
+            else:
+                fail(f"{cwhere}: EBB_REDIS_URL (--redis) should come from a ConfigMap")
+            for name in SERVE_SECRETS:
+                var = by_name.get(name)
+                if var is None:
+                    fail(f"{cwhere}: does not set {name}")
+                elif "value" in var or not (var.get("valueFrom") or {}).get("secretKeyRef"):
+                    fail(f"{cwhere}: {name} must come from a Secret (secretKeyRef), not the manifest")
+                else:
+                    ref = var["valueFrom"]["secretKeyRef"]
+                    ok(f"{cwhere}: {name} from Secret {ref['name']}/{ref['key']}"
+                       + (" (optional)" if ref.get("optional") else ""))
+            if port is None:
+                continue
+            labels = pod_labels(doc)
+            reaching = []
+            for svc in services:
+                selector = svc["spec"].get("selector") or {}
+                if not selector or not all(labels.get(k) == v for k, v in selector.items()):
+                    continue
+                for sp in svc["spec"].get("ports", []):
+                    target = sp.get("targetPort", sp.get("port"))
+                    if ports.get(target, target) == port:
+                        reaching.append(f"Service/{svc['metadata']['name']} port {sp.get('port')}")
+            if reaching:
+                ok(f"{cwhere}: the API is reached through {', '.join(reaching)}")
+            else:
+                fail(f"{cwhere}: no Service targets the API's port {port}")
+    if found == 0:
+        fail("deploy/k8s: no `ebb serve` workload found")
+
+
+def check_serve_compose(services: dict, where_file: str) -> None:
+    found = 0
+    for name, service in sorted(services.items()):
+        command = service.get("command") or []
+        entrypoint = service.get("entrypoint") or []
+        if isinstance(command, str):
+            command = shlex.split(command)
+        if isinstance(entrypoint, str):
+            entrypoint = shlex.split(entrypoint)
+        if not runs_serve(entrypoint, command):
+            continue
+        found += 1
+        where = f"{where_file}: service {name} (ebb serve)"
+        env = service.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(e.split("=", 1) if "=" in e else (e, None) for e in env)
+        check_var_names(where, env.keys())
+        if service.get("restart") in ("always", "unless-stopped"):
+            ok(f"{where}: restart {service['restart']}")
+        else:
+            fail(f"{where}: restart must be always or unless-stopped (got {service.get('restart')!r})")
+        if "EBB_REDIS_URL" in env or any(str(c).startswith("--redis") for c in command):
+            ok(f"{where}: --redis from EBB_REDIS_URL={env.get('EBB_REDIS_URL')}")
+        else:
+            fail(f"{where}: no --redis / EBB_REDIS_URL")
+        for secret in SERVE_SECRETS:
+            if secret not in env:
+                fail(f"{where}: does not pass {secret} on")
+            elif env[secret] is not None:
+                fail(f"{where}: {secret} has a value in the file; leave it empty (`{secret}:`) so it"
+                     " comes from the environment of whoever runs compose")
+        if all(env.get(s, "") is None for s in SERVE_SECRETS):
+            ok(f"{where}: {' and '.join(SERVE_SECRETS)} passed on from the environment, not in the file")
+        source, addr = listen_of(command, {k: v for k, v in env.items() if v is not None})
+        port = reachable_listen(where, source, addr)
+        if port is None:
+            continue
+        published = []
+        for mapping in service.get("ports") or []:
+            text = str(mapping.get("target") if isinstance(mapping, dict) else mapping)
+            container_port = text.split("/")[0].rsplit(":", 1)[-1]
+            if container_port == str(port):
+                published.append(str(mapping if not isinstance(mapping, dict) else mapping))
+        if published:
+            ok(f"{where}: listens on {addr} ({source}), published as {', '.join(published)}")
+        else:
+            fail(f"{where}: listens on port {port} ({source}), which no `ports:` entry publishes")
+    if found == 0:
+        fail(f"{where_file}: no `ebb serve` service")
+
+
+def check_serve_systemd() -> None:
+    unit = DEPLOY / "systemd/ebb-serve.service"
+    where = rel(unit)
+    if not unit.exists():
+        fail(f"{where} is missing")
+        return
+    s = unit_settings(unit)
+    exec_start = " ".join(s.get("ExecStart", []))
+    if runs_serve(shlex.split(exec_start), []):
+        ok(f"{where}: ExecStart runs ebb serve")
+    else:
+        fail(f"{where}: ExecStart must run `ebb serve` (got {exec_start!r})")
+    for key, want in (("Restart", "always"), ("KillSignal", "SIGTERM")):
+        if s.get(key, [""])[-1] == want:
+            ok(f"{where}: {key}={want}")
+        else:
+            fail(f"{where}: {key} must be {want} (a standby must stay up to take over)")
+    files = s.get("EnvironmentFile", [])
+    if any(f.lstrip("-") == "/etc/ebb/common.env" for f in files):
+        ok(f"{where}: EnvironmentFile /etc/ebb/common.env (Redis, cluster, secret: the nodes' own)")
+    else:
+        fail(f"{where}: expected EnvironmentFile=/etc/ebb/common.env")
+    inline = [e for e in s.get("Environment", []) if any(x in e for x in SERVE_SECRETS)]
+    if inline:
+        fail(f"{where}: secrets in Environment= are readable by any user (systemctl show); put"
+             f" them in a 0600 EnvironmentFile: {inline}")
+    example = DEPLOY / "systemd/serve.env.example"
+    if example.exists():
+        env = read_env_file(example)
+        check_var_names(rel(example), env.keys())
+        source, addr = listen_of(shlex.split(exec_start), env)
+        if split_listen(addr):
+            ok(f"{rel(example)}: ebb serve listens on {addr} ({source})")
+        else:
+            fail(f"{rel(example)}: {source} {addr!r} is not host:port")
+        if any(f.lstrip("-") == "/etc/ebb/serve.env" for f in files):
+            ok(f"{where}: EnvironmentFile /etc/ebb/serve.env ({example.name}: the API token, the address)")
+        else:
+            fail(f"{where}: {example.name} is shown but the unit reads no /etc/ebb/serve.env")
 
 
 # ---- Compose --------------------------------------------------------------------------------
@@ -493,6 +712,7 @@ def check_compose() -> None:
         check_numbers(where, env, grace, "stop_grace_period")
         if "redis" not in " ".join(service.get("command") or []) and "EBB_REDIS_URL" not in env:
             fail(f"{where}: no --redis / EBB_REDIS_URL")
+    check_serve_compose(services, rel(path))
 
 
 # ---- systemd --------------------------------------------------------------------------------
@@ -555,6 +775,7 @@ def check_systemd() -> None:
             ok(f"{rel(rollout)}: a oneshot running ebb rolling-restart")
         else:
             fail(f"{rel(rollout)}: expected Type=oneshot and ExecStart=... ebb rolling-restart")
+    check_serve_systemd()
 
 
 # ---- Dockerfile -----------------------------------------------------------------------------

@@ -12,7 +12,11 @@
 #                    `kubernetes` Python client), names, selectors, ports, probes, Secret/ConfigMap
 #                    references; compose, systemd and Kubernetes: the kill timeout exceeds the
 #                    drain deadline + the node's exit work, and the paced drain fits its deadline;
-#                    every EBB_* variable is one ebb reads; Dockerfile structure
+#                    every EBB_* variable is one ebb reads; `ebb serve` (k8s/serve.yaml, compose
+#                    service ebb-serve, systemd/ebb-serve.service): 2+ replicas, listening where
+#                    its readiness probe (/api/status), Service or published port point, --redis
+#                    from config, secret and API token from a Secret or the caller's environment
+#                    (never the file), restarted after any exit; Dockerfile structure
 #   docker           Docker's own parser on deploy/Dockerfile and Dockerfile.kubectl (the legacy
 #                    builder parses the whole file before it would pull anything; asked for a
 #                    missing target, it stops there)

@@ -4,6 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The status page of `ebb serve` is tested in a real headless Chromium (tests/tests/serve_page.rs):
+# said up front, since that test fails without one (.ci/run installs Debian's).
+if [ -z "${EBB_CHROMIUM:-}" ] && ! command -v chromium >/dev/null; then
+    echo "scripts/test.sh: no chromium on PATH: serve_page will fail" \
+        "(apt-get install -y --no-install-recommends chromium, as .ci/run does; or set EBB_CHROMIUM)" >&2
+fi
 cargo build --workspace --bins --quiet
 # The images the tests start, built locally (no registry): ebb/redis:local, ebb/node:local.
 deploy/images/build.sh

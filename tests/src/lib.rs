@@ -1,6 +1,7 @@
 //! ebb's test harness: the pieces every scenario in `tests/` needs, so each scenario reads as
 //! what it proves.
 //!
+//! - [`artifacts`]: where tests leave screenshots and page dumps (`target/test-artifacts/`);
 //! - [`bench`]: the benchmarks' flags;
 //! - [`bin`]: where the workspace's binaries are;
 //! - [`process`]: a node (or any ebb binary) as a child process, its logs, signals and exit;
@@ -15,11 +16,15 @@
 //! - [`redis`]: Redis in a container (testcontainers, from the locally built image);
 //! - [`containers`]: Redis and supervised `ebb-node` containers on a per-test Docker network,
 //!   with faults to inject (kill, pause, Redis stop/start, cutting a node off from Redis);
+//! - [`browser`]: a real headless Chromium driven through the DevTools protocol (the status
+//!   page of `ebb serve`);
 //! - [`traffic`]: live reconnecting clients through a rollout, and what they lost (nothing);
 //! - [`eventually`]: poll a condition until it holds, instead of sleeping.
 
+pub mod artifacts;
 pub mod bench;
 pub mod bin;
+pub mod browser;
 pub mod containers;
 pub mod eventually;
 pub mod fleet;

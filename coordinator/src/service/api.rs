@@ -1,6 +1,8 @@
 //! The service's HTTP API (axum):
 //!
-//! - `GET /api/status`: `{"leader": bool, "nodes": [...], "rollout": {...} | null}`;
+//! - `GET /api/status`: `{"leader": bool, "nodes": [...], "rollout": {...} | null}`, plus
+//!   `cluster`, this service's `consumer`, and `lease` (who leads: `{"host", "pid",
+//!   "since_ms"}`, or null while nobody does);
 //! - `GET /api/rollouts/<id>`: the request's result, its `--json` report when it ran, with
 //!   `status` one of queued, running, paused, completed, aborted, failed, refused;
 //! - `POST /api/rollouts` (bearer token): a request, the same JSON as a stream entry's; 202 with
@@ -17,6 +19,7 @@ use super::requests;
 use super::results::{self, State};
 use crate::cluster::Cluster;
 use crate::commands::status;
+use crate::lock::Holder;
 use axum::Router;
 use axum::extract::{Path, State as AxumState};
 use axum::http::{HeaderMap, StatusCode};
@@ -141,12 +144,30 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
 async fn api_status(AxumState(app): AxumState<App>) -> Result<Json<Value>, ApiError> {
     let mut cluster = connect(&app).await?;
     let (nodes, rollout) = status::snapshot(&mut cluster).await.map_err(unavailable)?;
+    let lease = lease(&mut cluster).await;
     Ok(Json(json!({
         "leader": app.leader.load(Ordering::SeqCst),
         "consumer": app.consumer,
+        "cluster": app.target.cluster,
+        "lease": lease,
         "nodes": nodes,
         "rollout": rollout,
     })))
+}
+
+/// Longest lease holder's host name shown.
+const MAX_HOST_LEN: usize = 253;
+
+/// Who holds the leader lease, as `{"host", "pid", "since_ms"}`; null when nobody does, or the
+/// key holds no lease (anything in Redis may: another type, other JSON), or cannot be read.
+async fn lease(cluster: &mut Cluster) -> Value {
+    let key = cluster.keys().serve_leader();
+    let value: Option<String> = cluster.conn().get(key).await.ok().flatten();
+    let Some(holder) = value.and_then(|v| serde_json::from_str::<Holder>(&v).ok()) else {
+        return Value::Null;
+    };
+    let host: String = holder.host.chars().take(MAX_HOST_LEN).collect();
+    json!({ "host": host, "pid": holder.pid, "since_ms": holder.started_at_ms })
 }
 
 async fn rollout(
