@@ -68,6 +68,9 @@ pub const DEFAULT_FD_RESERVE: usize = 64;
 /// the Redis agent's connections. Every accepted socket counts against
 /// `RLIMIT_NOFILE - OWN_DESCRIPTORS`; beyond it a new connection is closed at once.
 pub const OWN_DESCRIPTORS: usize = 32;
+/// The smallest descriptor reserve: the process's own and a few for HTTP at the limit (a smaller
+/// one is raised to it).
+pub const MIN_FD_RESERVE: usize = OWN_DESCRIPTORS + 8;
 /// `EBB_FULL_RETRY_AFTER`: the `Retry-After` of an upgrade refused because the node is full (at
 /// its capacity, or the client's address at its limit).
 pub const DEFAULT_FULL_RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -84,7 +87,7 @@ pub struct DoorConfig {
     pub max_handshakes: usize,
     /// Most WebSocket connections from one IP address; `None`: no such limit.
     pub max_connections_per_ip: Option<usize>,
-    /// See [`DEFAULT_FD_RESERVE`]; at least [`OWN_DESCRIPTORS`] plus a few.
+    /// See [`DEFAULT_FD_RESERVE`]; at least [`MIN_FD_RESERVE`].
     pub fd_reserve: usize,
     /// See [`DEFAULT_FULL_RETRY_AFTER`].
     pub full_retry_after: Duration,

@@ -128,6 +128,8 @@ impl<A: App> Node<A> {
         tracing::info!(
             capacity = limits.capacity,
             nofile = limits.nofile,
+            fd_reserve = shared.config.door.fd_reserve,
+            sockets = limits.sockets,
             max_handshakes = limits.handshakes,
             header_timeout_ms = shared.config.door.header_timeout.as_millis() as u64,
             "door limits"

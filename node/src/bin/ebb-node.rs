@@ -66,7 +66,7 @@ struct Args {
     /// answering at the limit (32 of them are the process's own).
     #[arg(long, env = "EBB_FD_RESERVE", default_value_t = config::DEFAULT_FD_RESERVE,
           value_parser = clap::value_parser!(u64)
-              .range((config::OWN_DESCRIPTORS as u64 + 8)..=(1 << 20)).map(|v| v as usize))]
+              .range(config::MIN_FD_RESERVE as u64..=(1 << 20)).map(|v| v as usize))]
     fd_reserve: usize,
     /// Retry-After of an upgrade refused because the node (or the client's address) is full.
     #[arg(long, env = "EBB_FULL_RETRY_AFTER", default_value_t = config::DEFAULT_FULL_RETRY_AFTER.into())]

@@ -29,7 +29,7 @@ mod report;
 pub(crate) use report::run as report;
 
 use crate::app::App;
-use crate::config::{DoorConfig, OWN_DESCRIPTORS};
+use crate::config::{DoorConfig, MIN_FD_RESERVE, OWN_DESCRIPTORS};
 use crate::metrics::{DoorEvent, Metrics};
 use crate::shared::Shared;
 use axum::Router;
@@ -72,7 +72,7 @@ impl Limits {
             capacity: config
                 .capacity
                 .unwrap_or(usize::MAX)
-                .min(room(config.fd_reserve)),
+                .min(room(config.fd_reserve.max(MIN_FD_RESERVE))),
         }
     }
 }
@@ -328,6 +328,12 @@ mod tests {
         assert_eq!(Limits::new(&config(None), 20_000).capacity, 20_000 - 64);
         // Not enough descriptors for anything: the node refuses to start.
         assert_eq!(Limits::new(&config(Some(10)), 64).capacity, 0);
+        // A reserve too small to leave the HTTP surface anything is raised.
+        let tiny = DoorConfig {
+            fd_reserve: 1,
+            ..config(None)
+        };
+        assert_eq!(Limits::new(&tiny, 256).capacity, 256 - MIN_FD_RESERVE);
         let unlimited = Limits::new(&config(None), u64::MAX);
         assert_eq!(unlimited.capacity, Semaphore::MAX_PERMITS);
         assert_eq!(unlimited.handshakes, DoorConfig::default().max_handshakes);
