@@ -7,6 +7,12 @@ use std::time::Duration;
 /// `EBB_LISTEN`: address the HTTP/WebSocket server binds.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 
+/// `EBB_LISTEN_BACKLOG`: connections the kernel queues for the node to accept (capped by
+/// `net.core.somaxconn`). tokio's default, 128, overflows under a burst of reconnects (the
+/// clients of a drained node arriving at once), and every SYN dropped costs its client a
+/// retransmit timeout (1 s, then 3 s).
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
+
 /// `EBB_PROPAGATION_DELAY`: pause between flipping readiness and closing anything, so load
 /// balancers notice the 503 first (the preStop-sleep problem). Off by default.
 pub const DEFAULT_PROPAGATION_DELAY: Duration = Duration::ZERO;
@@ -49,6 +55,67 @@ pub const DEFAULT_READ_BUFFER_SIZE: usize = 1024;
 pub const DEFAULT_MAX_INFLIGHT: usize = 64;
 /// `EBB_HTTP_SHUTDOWN_TIMEOUT`: after a drain that exits, how long plain HTTP requests may take.
 pub const DEFAULT_HTTP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `EBB_HEADER_TIMEOUT`: how long a client may take to send a request's headers (an upgrade's
+/// included), counted from the connection's start (or the end of its previous request); then the
+/// connection is closed and counted. Slow or silent clients cannot hold descriptors longer.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `EBB_MAX_HANDSHAKES`: HTTP connections open and not (yet) upgraded, beyond which a new
+/// connection is closed at once (and counted).
+pub const DEFAULT_MAX_HANDSHAKES: usize = 1024;
+/// `EBB_FD_RESERVE`: file descriptors WebSocket connections never use, so `/health`, `/metrics`,
+/// `/admin` and refusals keep answering at the limit: WebSocket connections are capped at
+/// `RLIMIT_NOFILE - reserve` (and `--capacity`). Of the reserve,
+/// [`OWN_DESCRIPTORS`] are never used by sockets at all (the process's own files).
+pub const DEFAULT_FD_RESERVE: usize = 64;
+/// The part of the descriptor reserve no socket ever uses: stdio, the runtime's, the listener,
+/// the Redis agent's connections. Every accepted socket counts against
+/// `RLIMIT_NOFILE - OWN_DESCRIPTORS`; beyond it a new connection is closed at once.
+pub const OWN_DESCRIPTORS: usize = 32;
+/// The smallest descriptor reserve: the process's own and a few for HTTP at the limit (a smaller
+/// one is raised to it).
+pub const MIN_FD_RESERVE: usize = OWN_DESCRIPTORS + 8;
+/// `EBB_FULL_RETRY_AFTER`: the `Retry-After` of an upgrade refused because the node is full (at
+/// its capacity, or the client's address at its limit).
+pub const DEFAULT_FULL_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// What the node lets in: the limits applied at the door, before and at the upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DoorConfig {
+    /// Most WebSocket connections (`--capacity`); the node enforces the smaller of this and
+    /// what the descriptor limit leaves after [`DoorConfig::fd_reserve`]. `None`: the latter.
+    pub capacity: Option<usize>,
+    /// See [`DEFAULT_HEADER_TIMEOUT`].
+    pub header_timeout: Duration,
+    /// See [`DEFAULT_MAX_HANDSHAKES`].
+    pub max_handshakes: usize,
+    /// Most WebSocket connections from one IP address; `None`: no such limit.
+    pub max_connections_per_ip: Option<usize>,
+    /// See [`DEFAULT_FD_RESERVE`]; at least [`MIN_FD_RESERVE`].
+    pub fd_reserve: usize,
+    /// See [`DEFAULT_FULL_RETRY_AFTER`].
+    pub full_retry_after: Duration,
+}
+
+impl Default for DoorConfig {
+    fn default() -> Self {
+        DoorConfig {
+            capacity: None,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+            max_connections_per_ip: None,
+            fd_reserve: DEFAULT_FD_RESERVE,
+            full_retry_after: DEFAULT_FULL_RETRY_AFTER,
+        }
+    }
+}
+
+impl DoorConfig {
+    /// The `Retry-After` of a refusal for being full, in whole seconds (at least 1).
+    pub fn full_retry_after_secs(&self) -> u64 {
+        self.full_retry_after.as_secs_f64().ceil().max(1.0) as u64
+    }
+}
 
 /// How a drain behaves. See the crate docs for the sequence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,6 +202,7 @@ impl ConnectionConfig {
 pub struct NodeConfig {
     pub drain: DrainConfig,
     pub connection: ConnectionConfig,
+    pub door: DoorConfig,
     /// Bearer token for `POST /admin/drain` and `/admin/resume`; `None` turns them off (404).
     pub admin_token: Option<String>,
     /// After a drain that exits, how long plain HTTP requests may take before the server stops.
@@ -146,6 +214,7 @@ impl Default for NodeConfig {
         NodeConfig {
             drain: DrainConfig::default(),
             connection: ConnectionConfig::default(),
+            door: DoorConfig::default(),
             admin_token: None,
             http_shutdown_timeout: DEFAULT_HTTP_SHUTDOWN_TIMEOUT,
         }
@@ -163,5 +232,15 @@ mod tests {
         drain.reconnect_base = Duration::ZERO;
         drain.reconnect_spread = Duration::ZERO;
         assert_eq!(drain.retry_after_secs(), 1);
+    }
+
+    #[test]
+    fn full_retry_after_is_whole_seconds_at_least_one() {
+        let mut door = DoorConfig::default();
+        assert_eq!(door.full_retry_after_secs(), 5);
+        door.full_retry_after = Duration::from_millis(1500);
+        assert_eq!(door.full_retry_after_secs(), 2);
+        door.full_retry_after = Duration::ZERO;
+        assert_eq!(door.full_retry_after_secs(), 1);
     }
 }

@@ -1,8 +1,10 @@
 //! The node's HTTP surface: `/ws`, `/health`, `/metrics`, and the admin endpoints.
 //!
-//! `/health` is seed-compatible: 200 `{"status":"healthy","connections":N}` while active, 503
-//! `{"status":"draining",...}` (or `starting`, `drained`) otherwise, so a load balancer or a
-//! Kubernetes readiness probe stops routing to a node the moment its drain begins.
+//! `/health` is seed-compatible: 200 `{"status":"healthy","connections":N,"full":false,
+//! "capacity":C}` while active, 503 `{"status":"draining",...}` (or `starting`, `drained`)
+//! otherwise, so a load balancer or a Kubernetes readiness probe stops routing to a node the
+//! moment its drain begins. A node at its capacity stays 200 with `"full":true`: it is full, not
+//! dead, and it still answers (descriptors are reserved for it, see `door`).
 //! `POST /admin/drain` and `POST /admin/resume` need `Authorization: Bearer <token>` and answer
 //! 404 when no token is configured.
 
@@ -36,7 +38,12 @@ async fn health<A: App>(State(shared): State<Arc<Shared<A>>>) -> Response {
     match shared.state() {
         NodeState::Active => (
             StatusCode::OK,
-            axum::Json(serde_json::json!({ "status": "healthy", "connections": connections })),
+            axum::Json(serde_json::json!({
+                "status": "healthy",
+                "connections": connections,
+                "full": shared.door.is_full(),
+                "capacity": shared.door.limits().capacity,
+            })),
         )
             .into_response(),
         state => (
@@ -48,6 +55,7 @@ async fn health<A: App>(State(shared): State<Arc<Shared<A>>>) -> Response {
 }
 
 async fn metrics<A: App>(State(shared): State<Arc<Shared<A>>>) -> Response {
+    shared.metrics.set_handshakes(shared.door.handshakes());
     let text = shared
         .metrics
         .render(shared.state(), shared.registry.count());

@@ -22,6 +22,8 @@
 //! - [`pacing`]: the close schedule and advised delays;
 //! - `registry`: live connections and the mailbox the drain talks to each through;
 //! - `socket`: one connection's loop, generic over `Sink` + `Stream`;
+//! - `door`: the accept loop and the limits at the door (header timeout, handshakes in progress,
+//!   descriptors, capacity, per address), and how the node says no;
 //! - `upgrade`, `http`: the HTTP surface (`/ws`, `/health`, `/metrics`, `/admin/*`);
 //! - [`metrics`]: Prometheus metrics;
 //! - [`agent`]: the Redis agent (registration, heartbeat, commands, events).
@@ -30,6 +32,7 @@ pub mod agent;
 pub mod app;
 pub mod config;
 pub mod control;
+mod door;
 mod drain;
 mod http;
 pub mod metrics;
@@ -43,11 +46,11 @@ mod upgrade;
 pub use app::{App, Echo};
 pub use config::NodeConfig;
 pub use control::{Control, DrainReport, DrainRequest, ShedRequest};
+pub use door::Limits;
 pub use ebb_proto::command::Then;
 pub use ebb_proto::target::Target;
 pub use metrics::Metrics;
 
-use axum::serve::ListenerExt;
 use shared::Shared;
 use std::io;
 use std::net::SocketAddr;
@@ -59,6 +62,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long socket tasks may linger after a drain that exits.
 const SOCKETS_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// The door's refusals are logged at most once per this interval.
+const DOOR_REPORT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A node, configured but not yet serving.
 #[derive(Debug)]
@@ -91,33 +96,62 @@ impl<A: App> Node<A> {
         self.shared.metrics.clone()
     }
 
+    /// The limits the node enforces (worked out from its config and `RLIMIT_NOFILE` when it was
+    /// created). Give [`Limits::capacity`] to the agent, so the record says what is enforced.
+    pub fn limits(&self) -> Limits {
+        self.shared.door.limits()
+    }
+
     /// Starts serving on `listener` and becomes active. The returned [`Running`] resolves when a
-    /// drain that ends in exit has finished.
+    /// drain that ends in exit has finished. Fails when the descriptor limit leaves no room for a
+    /// WebSocket connection after the reserve.
     pub fn start(self, listener: TcpListener) -> io::Result<Running> {
         let local_addr = listener.local_addr()?;
+        let limits = self.limits();
+        if limits.capacity == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "RLIMIT_NOFILE {} leaves no descriptor for a WebSocket connection after the \
+                     reserve of {} (raise the limit, e.g. ulimit -n, or lower --fd-reserve)",
+                    limits.nofile, self.shared.config.door.fd_reserve
+                ),
+            ));
+        }
         let control = self.control();
         let Node { shared, requests } = self;
         let exit = CancellationToken::new();
         let controller = tokio::spawn(drain::controller(shared.clone(), requests, exit.clone()));
         let router = http::router(shared.clone());
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        let reporter = {
+            let (shared, exit) = (shared.clone(), exit.clone());
+            tokio::spawn(
+                async move { door::report(&shared.door, DOOR_REPORT_INTERVAL, exit).await },
+            )
+        };
         shared.set_state(ebb_proto::NodeState::Active);
+        tracing::info!(
+            capacity = limits.capacity,
+            nofile = limits.nofile,
+            fd_reserve = shared.config.door.fd_reserve,
+            sockets = limits.sockets,
+            max_handshakes = limits.handshakes,
+            header_timeout_ms = shared.config.door.header_timeout.as_millis() as u64,
+            "door limits"
+        );
         tracing::info!(%local_addr, "node active");
         let task = tokio::spawn(async move {
-            let server = axum::serve(listener, router)
-                .with_graceful_shutdown(exit.clone().cancelled_owned())
-                .into_future();
+            let server = door::serve(listener, router, shared.clone(), exit.clone());
             let http_grace = async {
                 exit.cancelled().await;
                 tokio::time::sleep(shared.config.http_shutdown_timeout).await;
             };
             tokio::select! {
-                served = server => served?,
+                () = server => {}
                 () = http_grace => tracing::warn!("HTTP requests outlived the shutdown timeout"),
             }
             let report = controller.await.map_err(io::Error::other)?;
+            let _ = reporter.await;
             shared.sockets.close();
             // Every connection is gone by now (the deadline terminated the last); bounded anyway,
             // so nothing can keep the process from exiting.
@@ -134,6 +168,7 @@ impl<A: App> Node<A> {
         });
         Ok(Running {
             local_addr,
+            limits,
             control,
             task,
         })
@@ -144,6 +179,7 @@ impl<A: App> Node<A> {
 #[derive(Debug)]
 pub struct Running {
     local_addr: SocketAddr,
+    limits: Limits,
     control: Control,
     task: JoinHandle<io::Result<DrainReport>>,
 }
@@ -152,6 +188,11 @@ impl Running {
     /// The address the node listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The limits the node enforces; [`Limits::capacity`] is what its record should advertise.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The node's control handle.

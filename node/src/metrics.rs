@@ -47,6 +47,74 @@ impl CloseKind {
     ];
 }
 
+/// What the door turned away (or cut), as counted in the metrics and reported in aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DoorEvent {
+    /// Request headers (an upgrade's included) not received within the header timeout:
+    /// `ebb_header_timeouts_total`.
+    HeaderTimeout,
+    /// Closed on accept, too many handshakes in progress:
+    /// `ebb_connections_shed_total{reason="handshakes"}`.
+    ShedHandshakes,
+    /// The accept loop waited for a socket to close: every socket the descriptor budget allows
+    /// (the limit less the process's own) was open. New connections wait in the kernel's accept
+    /// queue meanwhile, so a burst is answered (503s included) instead of dropped:
+    /// `ebb_accept_paused_total`.
+    AcceptPaused,
+    /// Upgrade refused 503, the node at its capacity: `ebb_upgrades_limited_total{limit="capacity"}`.
+    Full,
+    /// Upgrade refused 429, the client's address at its limit:
+    /// `ebb_upgrades_limited_total{limit="per_ip"}`.
+    PerIp,
+    /// `accept` failed with EMFILE: `ebb_accept_errors_total{error="emfile"}`.
+    AcceptEmfile,
+    /// `accept` failed with ENFILE (the system's table is full).
+    AcceptEnfile,
+    /// `accept` failed with ENOBUFS or ENOMEM.
+    AcceptNomem,
+    /// `accept` failed otherwise.
+    AcceptOther,
+}
+
+impl DoorEvent {
+    pub const ALL: [DoorEvent; 9] = [
+        DoorEvent::HeaderTimeout,
+        DoorEvent::ShedHandshakes,
+        DoorEvent::AcceptPaused,
+        DoorEvent::Full,
+        DoorEvent::PerIp,
+        DoorEvent::AcceptEmfile,
+        DoorEvent::AcceptEnfile,
+        DoorEvent::AcceptNomem,
+        DoorEvent::AcceptOther,
+    ];
+
+    /// Its name in the aggregated log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DoorEvent::HeaderTimeout => "header_timeout",
+            DoorEvent::ShedHandshakes => "shed_handshakes",
+            DoorEvent::AcceptPaused => "accept_paused",
+            DoorEvent::Full => "full",
+            DoorEvent::PerIp => "per_ip",
+            DoorEvent::AcceptEmfile => "accept_emfile",
+            DoorEvent::AcceptEnfile => "accept_enfile",
+            DoorEvent::AcceptNomem => "accept_nomem",
+            DoorEvent::AcceptOther => "accept_other",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ErrorLabel {
+    error: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct KindLabel {
     kind: &'static str,
@@ -95,6 +163,13 @@ pub struct Metrics {
     redis_connected: Gauge,
     shed: Counter,
     shed_in_progress: Gauge,
+    capacity: Gauge,
+    handshakes: Gauge,
+    header_timeouts: Counter,
+    door_shed: Family<ReasonLabel, Counter>,
+    accept_paused: Counter,
+    upgrades_limited: Family<LimitLabel, Counter>,
+    accept_errors: Family<ErrorLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -120,6 +195,13 @@ impl Default for Metrics {
             redis_connected: Gauge::default(),
             shed: Counter::default(),
             shed_in_progress: Gauge::default(),
+            capacity: Gauge::default(),
+            handshakes: Gauge::default(),
+            header_timeouts: Counter::default(),
+            door_shed: Family::default(),
+            accept_paused: Counter::default(),
+            upgrades_limited: Family::default(),
+            accept_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -213,6 +295,44 @@ impl Default for Metrics {
             "1 while a shed is closing connections",
             metrics.shed_in_progress.clone(),
         );
+        registry.register(
+            "capacity",
+            "WebSocket connections this node accepts: the smaller of --capacity and the descriptor limit less the reserve",
+            metrics.capacity.clone(),
+        );
+        registry.register(
+            "handshakes",
+            "HTTP connections open and not upgraded",
+            metrics.handshakes.clone(),
+        );
+        registry.register(
+            "header_timeouts",
+            "Connections closed because their request headers did not arrive within the header timeout",
+            metrics.header_timeouts.clone(),
+        );
+        registry.register(
+            "connections_shed",
+            "Connections closed on accept, by the limit reached (handshakes: too many in progress)",
+            metrics.door_shed.clone(),
+        );
+        registry.register(
+            "accept_paused",
+            "Times accepting waited for a socket to close (every socket the descriptor budget allows was open; new connections queue in the kernel meanwhile)",
+            metrics.accept_paused.clone(),
+        );
+        registry.register(
+            "upgrades_limited",
+            "Upgrades refused by a limit: capacity (503), per_ip (429)",
+            metrics.upgrades_limited.clone(),
+        );
+        registry.register(
+            "accept_errors",
+            "accept() failures, by error (emfile, enfile, nomem, other); each backs the accept loop off",
+            metrics.accept_errors.clone(),
+        );
+        for event in DoorEvent::ALL {
+            let _ = metrics.door_counter(event);
+        }
         for kind in CloseKind::ALL {
             let _ = metrics.closes.get_or_create(&KindLabel {
                 kind: kind.as_str(),
@@ -290,6 +410,48 @@ impl Metrics {
     /// Records whether a shed is in progress.
     pub(crate) fn shedding(&self, on: bool) {
         self.shed_in_progress.set(on as i64);
+    }
+
+    /// The counter of a door event (created on first use).
+    fn door_counter(&self, event: DoorEvent) -> Counter {
+        match event {
+            DoorEvent::HeaderTimeout => self.header_timeouts.clone(),
+            DoorEvent::ShedHandshakes => self.door_shed.get_or_create_owned(&ReasonLabel {
+                reason: "handshakes",
+            }),
+            DoorEvent::AcceptPaused => self.accept_paused.clone(),
+            DoorEvent::Full => self
+                .upgrades_limited
+                .get_or_create_owned(&LimitLabel { limit: "capacity" }),
+            DoorEvent::PerIp => self
+                .upgrades_limited
+                .get_or_create_owned(&LimitLabel { limit: "per_ip" }),
+            DoorEvent::AcceptEmfile => self
+                .accept_errors
+                .get_or_create_owned(&ErrorLabel { error: "emfile" }),
+            DoorEvent::AcceptEnfile => self
+                .accept_errors
+                .get_or_create_owned(&ErrorLabel { error: "enfile" }),
+            DoorEvent::AcceptNomem => self
+                .accept_errors
+                .get_or_create_owned(&ErrorLabel { error: "nomem" }),
+            DoorEvent::AcceptOther => self
+                .accept_errors
+                .get_or_create_owned(&ErrorLabel { error: "other" }),
+        }
+    }
+    pub(crate) fn door(&self, event: DoorEvent) {
+        self.door_counter(event).inc();
+    }
+    /// How many of `event` so far.
+    pub fn door_count(&self, event: DoorEvent) -> u64 {
+        self.door_counter(event).get()
+    }
+    pub(crate) fn set_capacity(&self, capacity: usize) {
+        self.capacity.set(capacity as i64);
+    }
+    pub(crate) fn set_handshakes(&self, handshakes: usize) {
+        self.handshakes.set(handshakes as i64);
     }
 
     /// The Prometheus text exposition, with the gauges read at this moment.

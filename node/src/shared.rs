@@ -1,9 +1,10 @@
 //! The state every part of a running node shares: config, app, lifecycle state, connections,
-//! metrics, and the tokens that end socket tasks.
+//! metrics, the door's limits, and the tokens that end socket tasks.
 
 use crate::app::App;
 use crate::config::NodeConfig;
 use crate::control::{DrainReport, Request};
+use crate::door::Door;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::socket::Outcome;
@@ -35,6 +36,8 @@ pub(crate) struct Shared<A> {
     pub report: watch::Sender<Option<DrainReport>>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    /// The limits on what comes in, and their live counts.
+    pub door: Door,
     /// Every socket task; the node waits on it before returning.
     pub sockets: TaskTracker,
     /// Cancelled at a drain's deadline: every socket task still running ends at once. Replaced
@@ -52,7 +55,9 @@ impl<A: App> Shared<A> {
         metrics: Arc<Metrics>,
         requests: mpsc::UnboundedSender<Request>,
     ) -> Self {
+        let door = Door::new(config.door.clone(), crate::door::nofile(), metrics.clone());
         Shared {
+            door,
             config,
             app,
             state: watch::Sender::new(NodeState::Starting),

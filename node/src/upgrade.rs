@@ -1,4 +1,7 @@
-//! `GET /ws`: the WebSocket upgrade, refused with 503 + `Retry-After` unless the node is active.
+//! `GET /ws`: the WebSocket upgrade, refused with 503 + `Retry-After` unless the node is active,
+//! and by the door's limits (503 + `Retry-After` at capacity, 429 + `Retry-After` past the
+//! per-address limit) before anything is answered 101: a refused client is never accepted and
+//! then closed. The seat it gets is held by its socket task, so it comes back when the task ends.
 //!
 //! ebb performs the upgrade itself (a few header checks, `Sec-WebSocket-Accept`, hyper's
 //! `OnUpgrade`) instead of using axum's `WebSocketUpgrade`, because axum's `WebSocket` hides the
@@ -10,10 +13,11 @@ use crate::app::App;
 use crate::shared::Shared;
 use crate::socket::{self, Outcome};
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -42,6 +46,14 @@ pub(crate) async fn handler<A: App>(
         Ok(accept) => accept,
         Err(error) => return error.into_response(),
     };
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let seat = match shared.door.seat(peer) {
+        Ok(seat) => seat,
+        Err(refusal) => return refusal.into_response(),
+    };
     let Some(on_upgrade) = request
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
@@ -60,6 +72,7 @@ pub(crate) async fn handler<A: App>(
     shared.sockets.spawn(async move {
         let shared = task_shared;
         let _guard = guard;
+        let _seat = seat;
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(error) => {

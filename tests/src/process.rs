@@ -215,13 +215,44 @@ impl Node {
         Node::start_on(None, args).await
     }
 
-    /// Like [`Node::start`], pinned to CPU `cpu` when given (`taskset`, for benchmarks).
-    pub async fn start_on(cpu: Option<usize>, args: &[&str]) -> Node {
+    /// Like [`Node::start`], after the bash commands `prelude` (e.g. `ulimit -n 256`) in a shell
+    /// that then `exec`s the node, so the process (and its pid) is the node's, with whatever
+    /// limits and descriptors the prelude gave it.
+    pub async fn start_after(prelude: &str, args: &[&str]) -> Node {
+        let mut all = vec![
+            "-c".to_owned(),
+            format!("{prelude}\nexec \"$0\" \"$@\""),
+            crate::bin::path("ebb-node").display().to_string(),
+        ];
+        all.extend(Node::args(args));
+        let proc = Proc::spawn(std::path::Path::new("bash"), &all);
+        Node::active(proc).await
+    }
+
+    /// `args`, with `--listen 127.0.0.1:0` unless they have their own.
+    fn args(args: &[&str]) -> Vec<String> {
         let mut all = Vec::new();
         if !args.contains(&"--listen") {
             all.extend(["--listen".to_owned(), "127.0.0.1:0".to_owned()]);
         }
         all.extend(args.iter().map(|a| a.to_string()));
+        all
+    }
+
+    /// Waits until the node in `proc` is active and reads its address.
+    async fn active(proc: Proc) -> Node {
+        let line = proc.wait_log("node active", Duration::from_secs(10)).await;
+        let addr = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("local_addr="))
+            .and_then(|addr| addr.parse().ok())
+            .unwrap_or_else(|| panic!("no local_addr in {line:?}"));
+        Node { proc, addr }
+    }
+
+    /// Like [`Node::start`], pinned to CPU `cpu` when given (`taskset`, for benchmarks).
+    pub async fn start_on(cpu: Option<usize>, args: &[&str]) -> Node {
+        let all = Node::args(args);
         let proc = match cpu {
             None => Proc::spawn(&crate::bin::path("ebb-node"), &all),
             Some(cpu) => {
@@ -234,13 +265,7 @@ impl Node {
                 Proc::spawn(std::path::Path::new("taskset"), &pinned)
             }
         };
-        let line = proc.wait_log("node active", Duration::from_secs(10)).await;
-        let addr = line
-            .split_whitespace()
-            .find_map(|word| word.strip_prefix("local_addr="))
-            .and_then(|addr| addr.parse().ok())
-            .unwrap_or_else(|| panic!("no local_addr in {line:?}"));
-        Node { proc, addr }
+        Node::active(proc).await
     }
 
     /// `ws://<addr>/ws`.

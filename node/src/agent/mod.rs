@@ -72,7 +72,8 @@ pub struct AgentConfig {
     pub advertise_url: String,
     /// The node software's version, shown by `ebb status`.
     pub version: String,
-    /// Most connections this node should hold, for the coordinator's capacity check.
+    /// Most connections this node holds, for the coordinator's capacity check: the capacity the
+    /// node enforces ([`crate::Running::limits`]), so both use the same number.
     pub capacity: Option<u64>,
     /// With a secret, only signed commands are obeyed, and the record and events are signed.
     pub secret: Option<Secret>,

@@ -7,7 +7,7 @@
 use clap::builder::TypedValueParser as _;
 use clap::{ArgAction, CommandFactory, Parser, error::ErrorKind};
 use ebb_node::agent::{Agent, AgentConfig};
-use ebb_node::config::{self, ConnectionConfig, DrainConfig, NodeConfig};
+use ebb_node::config::{self, ConnectionConfig, DoorConfig, DrainConfig, NodeConfig};
 use ebb_node::{Control, DrainRequest, Echo, Node};
 use ebb_proto::NodeName;
 use std::process::ExitCode;
@@ -27,6 +27,10 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "EBB_LISTEN", default_value = config::DEFAULT_LISTEN)]
     listen: std::net::SocketAddr,
+    /// Connections the kernel queues for the node to accept (capped by net.core.somaxconn).
+    #[arg(long, env = "EBB_LISTEN_BACKLOG", default_value_t = config::DEFAULT_LISTEN_BACKLOG,
+          value_parser = clap::value_parser!(u32).range(1..=65535))]
+    listen_backlog: u32,
     /// Stable node name (default: the host name).
     #[arg(long, env = "EBB_NAME")]
     name: Option<String>,
@@ -40,9 +44,33 @@ struct Args {
     /// (default: ws://<name or listen address>:<port>/ws).
     #[arg(long, env = "EBB_ADVERTISE_URL")]
     advertise_url: Option<String>,
-    /// Most connections this node should hold (registered for the coordinator's capacity check).
-    #[arg(long, env = "EBB_CAPACITY")]
-    capacity: Option<u64>,
+    /// Most WebSocket connections this node accepts; more are refused 503 + Retry-After. The node
+    /// enforces (and registers for the coordinator) the smaller of this and RLIMIT_NOFILE less
+    /// --fd-reserve.
+    #[arg(long, env = "EBB_CAPACITY",
+          value_parser = clap::value_parser!(u64).range(1..=(1 << 40)).map(|v| v as usize))]
+    capacity: Option<usize>,
+    /// How long a client may take to send a request's headers (an upgrade's included); then the
+    /// connection is closed (counted in ebb_header_timeouts_total).
+    #[arg(long, env = "EBB_HEADER_TIMEOUT", default_value_t = config::DEFAULT_HEADER_TIMEOUT.into())]
+    header_timeout: humantime::Duration,
+    /// HTTP connections open and not upgraded; beyond it new connections are closed at once.
+    #[arg(long, env = "EBB_MAX_HANDSHAKES", default_value_t = config::DEFAULT_MAX_HANDSHAKES,
+          value_parser = clap::value_parser!(u64).range(1..=(1 << 24)).map(|v| v as usize))]
+    max_handshakes: usize,
+    /// Most WebSocket connections from one IP address; more are refused 429 + Retry-After.
+    #[arg(long, env = "EBB_MAX_CONNECTIONS_PER_IP",
+          value_parser = clap::value_parser!(u64).range(1..=(1 << 40)).map(|v| v as usize))]
+    max_connections_per_ip: Option<usize>,
+    /// File descriptors WebSocket connections never use, so /health, /metrics and /admin keep
+    /// answering at the limit (32 of them are the process's own).
+    #[arg(long, env = "EBB_FD_RESERVE", default_value_t = config::DEFAULT_FD_RESERVE,
+          value_parser = clap::value_parser!(u64)
+              .range(config::MIN_FD_RESERVE as u64..=(1 << 20)).map(|v| v as usize))]
+    fd_reserve: usize,
+    /// Retry-After of an upgrade refused because the node (or the client's address) is full.
+    #[arg(long, env = "EBB_FULL_RETRY_AFTER", default_value_t = config::DEFAULT_FULL_RETRY_AFTER.into())]
+    full_retry_after: humantime::Duration,
     /// Shared secret: only commands signed with it are obeyed (at least 16 bytes).
     #[arg(long, env = "EBB_SECRET", hide_env_values = true)]
     secret: Option<String>,
@@ -146,6 +174,14 @@ impl Args {
                 max_inflight: self.max_inflight,
                 ping_interval: self.ping_interval.into(),
             },
+            door: DoorConfig {
+                capacity: self.capacity,
+                header_timeout: self.header_timeout.into(),
+                max_handshakes: self.max_handshakes,
+                max_connections_per_ip: self.max_connections_per_ip,
+                fd_reserve: self.fd_reserve,
+                full_retry_after: self.full_retry_after.into(),
+            },
             admin_token: self.admin_token.clone().filter(|t| !t.is_empty()),
             ..NodeConfig::default()
         }
@@ -163,11 +199,14 @@ impl Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.ping_interval.is_zero() || args.drain_deadline.is_zero() {
+    if args.ping_interval.is_zero()
+        || args.drain_deadline.is_zero()
+        || args.header_timeout.is_zero()
+    {
         Args::command()
             .error(
                 ErrorKind::InvalidValue,
-                "--ping-interval and --drain-deadline must be positive",
+                "--ping-interval, --drain-deadline and --header-timeout must be positive",
             )
             .exit();
     }
@@ -218,8 +257,7 @@ async fn run(
     use anyhow::Context as _;
     // Installed before anything is served, so a signal never meets the default action.
     let signals = Signals::install().context("cannot install signal handlers")?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = listen(args.listen, args.listen_backlog)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let node = Node::new(args.node_config(), Echo::with_delay(args.echo_delay.into()));
     let metrics = node.metrics();
@@ -244,7 +282,9 @@ async fn run(
                 advertise_url,
             );
             config.version = args.node_version.clone();
-            config.capacity = args.capacity;
+            // What the node enforces, not what was asked: the coordinator's headroom checks and
+            // reconnect targets then use the numbers the node refuses by.
+            config.capacity = Some(running.limits().capacity as u64);
             config.secret = secret;
             config.heartbeat = args.heartbeat_interval.into();
             config.ttl = args.record_ttl.into();
@@ -266,6 +306,18 @@ async fn run(
         "exiting"
     );
     Ok(())
+}
+
+/// A listener on `addr` with a kernel accept queue of `backlog`.
+fn listen(addr: std::net::SocketAddr, backlog: u32) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
 }
 
 /// SIGTERM and SIGINT, which both mean "drain".
