@@ -42,10 +42,14 @@ pub fn for_drain(
         .take(policy.max_parallel.of(runs.len()))
         .copied()
         .collect();
-    let candidates: Vec<(&NodeName, &NodeView)> = obs
+    let mut candidates: Vec<(&NodeName, &NodeView)> = obs
         .active_except(&in_flight)
         .filter(|(name, v)| *name != run.name() && target(v).is_some())
         .collect();
+    // A full node refuses upgrades (503): no client is sent there while another has a seat.
+    if candidates.iter().any(|(_, v)| !full(v)) {
+        candidates.retain(|(_, v)| !full(v));
+    }
     let room = rooms(&candidates, moving);
     let pick = |keep: &dyn Fn(&NodeName) -> bool| -> Vec<(usize, u64)> {
         (0..candidates.len())
@@ -105,6 +109,11 @@ fn rooms(candidates: &[(&NodeName, &NodeView)], moving: u64) -> Vec<u64> {
             lacks.min(fits).max(1)
         })
         .collect()
+}
+
+/// At its stated capacity.
+fn full(view: &NodeView) -> bool {
+    view.capacity.is_some_and(|c| view.connections >= c)
 }
 
 /// The node as a target, if its URL can be one.

@@ -110,3 +110,18 @@ fn nodes_in_flight_are_never_targets_and_a_lone_survivor_is() {
         "soon to be drained, but the only one left"
     );
 }
+
+#[test]
+fn a_full_node_is_never_a_target_while_another_has_a_seat() {
+    let (mut s, mut runs, ids) = script(&[("a", 100), ("b", 1000), ("c", 900)]);
+    s.capacity("a", 1000);
+    s.capacity("b", 1000);
+    s.capacity("c", 1000);
+    runs.iter_mut().skip(1).for_each(|r| r.phase = Phase::Done);
+    admit(&mut runs, 0, ids[0]);
+    let targets = for_drain(&runs, &s.obs, &Policy::default(), 0);
+    assert_eq!(urls(&targets), [("c".to_owned(), 100)], "b is full; c has 100 seats");
+    s.obs.nodes.get_mut(&n("c")).unwrap().connections = 1000;
+    let targets = for_drain(&runs, &s.obs, &Policy::default(), 0);
+    assert_eq!(urls(&targets).len(), 2, "all full: the clients' own fallback decides");
+}
