@@ -1,7 +1,7 @@
 //! The status page at `GET /`: this service's leadership, the running rollout (each planned
 //! node's phase, the ones in flight) and the fleet (each node's state and connections, a bar
-//! each), refreshed every second from `/api/status`. One self-contained document: no framework,
-//! no asset from anywhere else, built with the DOM alone (`textContent`, never `innerHTML`, so
+//! each, drawn against the busiest node), refreshed every second from `/api/status`. One
+//! self-contained document: no framework, no asset from anywhere else, built with the DOM alone (`textContent`, never `innerHTML`, so
 //! nothing read from Redis can become markup).
 //!
 //! Stable hooks, for people's scripts and for the browser test (`tests/tests/serve_page.rs`):
@@ -184,7 +184,9 @@ function renderRollout(r) {
   box.append(plan);
 }
 function renderNodes(nodes) {
-  const scale = Math.max(1, ...nodes.map(n => Math.max(n.capacity || 0, n.connections || 0)));
+  // Against the busiest node, not capacity: the bars show how even the fleet is (a capacity
+  // is often the descriptor limit, against which every bar would be a sliver).
+  const scale = Math.max(1, ...nodes.map(n => n.connections || 0));
   const body = $("nodes");
   body.replaceChildren();
   let active = 0, connections = 0;

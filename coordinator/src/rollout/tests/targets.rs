@@ -120,8 +120,16 @@ fn a_full_node_is_never_a_target_while_another_has_a_seat() {
     runs.iter_mut().skip(1).for_each(|r| r.phase = Phase::Done);
     admit(&mut runs, 0, ids[0]);
     let targets = for_drain(&runs, &s.obs, &Policy::default(), 0);
-    assert_eq!(urls(&targets), [("c".to_owned(), 100)], "b is full; c has 100 seats");
+    assert_eq!(
+        urls(&targets),
+        [("c".to_owned(), 100)],
+        "b is full; c has 100 seats"
+    );
     s.obs.nodes.get_mut(&n("c")).unwrap().connections = 1000;
     let targets = for_drain(&runs, &s.obs, &Policy::default(), 0);
-    assert_eq!(urls(&targets).len(), 2, "all full: the clients' own fallback decides");
+    assert_eq!(
+        urls(&targets).len(),
+        2,
+        "all full: the clients' own fallback decides"
+    );
 }
