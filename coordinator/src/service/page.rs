@@ -1,8 +1,8 @@
 //! The status page at `GET /`: this service's leadership, the running rollout (each planned
 //! node's phase, the ones in flight) and the fleet (each node's state and connections, a bar
 //! each, drawn against the busiest node), refreshed every second from `/api/status`. One
-//! self-contained document: no framework, no asset from anywhere else, built with the DOM alone (`textContent`, never `innerHTML`, so
-//! nothing read from Redis can become markup).
+//! self-contained document: no framework, no asset from anywhere else, built with the DOM alone
+//! (`textContent`, never `innerHTML`, so nothing read from Redis can become markup).
 //!
 //! Stable hooks, for people's scripts and for the browser test (`tests/tests/serve_page.rs`):
 //!
