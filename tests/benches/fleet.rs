@@ -157,6 +157,7 @@ impl Fleet {
         let report = self.ebb_json(&flags).await;
         assert_eq!(report["status"], "completed", "{report}");
         let after_rollout = self.settled_imbalance(clients).await;
+        eprintln!("connections after the rollout: {:?}", self.counts().await);
         let after_rebalance = if round.rebalance_after {
             let rebalance = self
                 .ebb_json(&["rebalance", "--tolerance", "10%", "--json"])
