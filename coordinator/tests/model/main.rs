@@ -365,7 +365,7 @@ fn check(s: &Scenario, ended: &Ended) -> Result<(), TestCaseError> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(1000),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000),
         max_shrink_iters: 200,
         ..ProptestConfig::default()
     })]
