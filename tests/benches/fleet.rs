@@ -168,6 +168,14 @@ impl Fleet {
             None
         };
         let summary = stop(soak).await;
+        eprintln!(
+            "clients: {} reconnects, {} to a target the server named, {} targets ignored, {} refused, {} failed connects",
+            summary["reconnects"],
+            summary["targets_followed"],
+            summary["targets_ignored"],
+            summary["refused"],
+            summary["connect_failures"]
+        );
         let nodes = report["nodes"].as_array().unwrap();
         let per_node: f64 = nodes
             .iter()

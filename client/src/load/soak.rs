@@ -111,6 +111,9 @@ pub struct SoakSummary {
     pub reconnects: u64,
     pub refused: u64,
     pub connect_failures: u64,
+    /// Reconnects made to the target a server named, and targets not followed.
+    pub targets_followed: u64,
+    pub targets_ignored: u64,
     /// Clients connected at the end.
     pub connected_at_end: usize,
     /// From losing a connection to the next one.
@@ -219,6 +222,8 @@ pub async fn run(soak: &Soak, stop: CancellationToken, progress: impl Fn(Live)) 
         reconnects: total.reconnects,
         refused: total.refused,
         connect_failures: total.connect_failures,
+        targets_followed: total.targets_followed,
+        targets_ignored: total.targets_ignored,
         connected_at_end,
         reconnect_ms: Spread::of(&total.reconnect_ms),
         late_ms: Spread::of(&total.late_ms),

@@ -92,6 +92,14 @@ pub struct Observation {
 }
 
 impl Observation {
+    /// The connections every fresh record counts, together.
+    pub fn connections(&self) -> u64 {
+        self.nodes
+            .values()
+            .map(|v| v.connections)
+            .fold(0, u64::saturating_add)
+    }
+
     /// Replaces every view with a full read of the records.
     pub fn apply_records(&mut self, records: &[NodeRecord]) {
         let wall_ms = self.wall_ms;

@@ -79,6 +79,11 @@ pub struct Rollout {
     /// `--pause-after` already paused it once.
     #[serde(default)]
     pub canary_paused: bool,
+    /// The most connections the fleet was seen to hold during this rollout: what is not on a
+    /// node now is on its way to one (the clients of a drain just finished arrive over their
+    /// advised delays), and reconnect targets are weighed with them counted.
+    #[serde(default)]
+    pub population: u64,
     /// Events may have been missed (a resumed rollout, a lost subscription).
     #[serde(skip)]
     pub missed_events: bool,
@@ -93,6 +98,7 @@ impl Rollout {
             mode_reason: None,
             mode_by: None,
             canary_paused: false,
+            population: 0,
             missed_events: false,
         }
     }
@@ -172,6 +178,7 @@ impl Rollout {
         policy: &Policy,
         inputs: &mut Vec<(NodeName, NodeInput)>,
     ) -> Vec<Action> {
+        self.population = self.population.max(obs.connections());
         let ctx = Ctx {
             obs,
             policy,
@@ -263,7 +270,7 @@ impl Rollout {
         match action {
             NodeAction::Wait => None,
             NodeAction::SendDrain { instance, attempt } => {
-                let targets = targets::for_drain(&self.nodes, obs, policy, index);
+                let targets = targets::for_drain(&self.nodes, obs, policy, index, self.population);
                 self.nodes[index].result.targets = targets.iter().map(|t| t.url.clone()).collect();
                 Some(Action::SendDrain {
                     command_id: format!("{}{attempt}", self.command_prefix(index)),

@@ -14,12 +14,14 @@ use ebb_proto::NodeName;
 use ebb_proto::target::{MAX_TARGETS, Target};
 use std::collections::HashSet;
 
-/// The targets for the drain of `runs[index]`.
+/// The targets for the drain of `runs[index]`, with `population` the most connections the fleet
+/// was seen to hold (see [`in_transit`]).
 pub fn for_drain(
     runs: &[NodeRun],
     obs: &Observation,
     policy: &Policy,
     index: usize,
+    population: u64,
 ) -> Vec<Target> {
     let run = &runs[index];
     let moving = run
@@ -50,7 +52,8 @@ pub fn for_drain(
     if candidates.iter().any(|(_, v)| !full(v)) {
         candidates.retain(|(_, v)| !full(v));
     }
-    let room = rooms(&candidates, moving);
+    let loads = in_transit(runs, obs, policy, index, population, &candidates);
+    let room = rooms(&candidates, &loads, moving);
     let pick = |keep: &dyn Fn(&NodeName) -> bool| -> Vec<(usize, u64)> {
         (0..candidates.len())
             .filter(|&k| keep(candidates[k].0))
@@ -82,11 +85,8 @@ pub fn for_drain(
 /// once `moving` have arrived (shares in proportion to capacity when every candidate states
 /// one, else even), and never more than its capacity leaves. Weighing by capacity alone would
 /// spread clients evenly over nodes of unequal load and leave the fleet as uneven as it was.
-fn rooms(candidates: &[(&NodeName, &NodeView)], moving: u64) -> Vec<u64> {
-    let total = candidates
-        .iter()
-        .map(|(_, v)| v.connections)
-        .fold(moving, u64::saturating_add);
+fn rooms(candidates: &[(&NodeName, &NodeView)], loads: &[u64], moving: u64) -> Vec<u64> {
+    let total = loads.iter().fold(moving, |a, l| a.saturating_add(*l));
     let capacities: Option<Vec<u64>> = candidates.iter().map(|(_, v)| v.capacity).collect();
     let all_capacity: u64 = capacities
         .iter()
@@ -102,13 +102,63 @@ fn rooms(candidates: &[(&NodeName, &NodeView)], moving: u64) -> Vec<u64> {
                 }
                 _ => total.div_ceil(candidates.len().max(1) as u64),
             };
-            let lacks = share.saturating_sub(v.connections);
-            let fits = v
-                .capacity
-                .map_or(u64::MAX, |c| c.saturating_sub(v.connections));
+            let lacks = share.saturating_sub(loads[k]);
+            let fits = v.capacity.map_or(u64::MAX, |c| c.saturating_sub(loads[k]));
             lacks.min(fits).max(1)
         })
         .collect()
+}
+
+/// Each candidate's load: its connections, plus its part of the clients still on their way from
+/// the latest drains (`population` less what the records count now), dealt over those drains'
+/// targets in proportion to their connections' room below an even share. Without this, the
+/// nodes restarted first look emptier than they are at every drain, receive more each time,
+/// and the fleet ends a rollout uneven.
+fn in_transit(
+    runs: &[NodeRun],
+    obs: &Observation,
+    policy: &Policy,
+    index: usize,
+    population: u64,
+    candidates: &[(&NodeName, &NodeView)],
+) -> Vec<u64> {
+    let mut loads: Vec<u64> = candidates.iter().map(|(_, v)| v.connections).collect();
+    let mut latest: Vec<&NodeRun> = runs
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| *i != index && r.result.drained_at.is_some())
+        .map(|(_, r)| r)
+        .collect();
+    latest.sort_by_key(|r| std::cmp::Reverse(r.result.drained_at));
+    latest.truncate(policy.max_parallel.of(runs.len()).max(1));
+    // At most what those drains moved: clients that left the fleet are not on their way.
+    let moved = latest
+        .iter()
+        .map(|r| r.result.connections_before)
+        .fold(0, u64::saturating_add);
+    let transit = population.saturating_sub(obs.connections()).min(moved);
+    let heading: HashSet<&str> = latest
+        .iter()
+        .flat_map(|r| r.result.targets.iter().map(String::as_str))
+        .collect();
+    let receiving: Vec<usize> = (0..candidates.len())
+        .filter(|&k| heading.contains(candidates[k].1.url.as_str()))
+        .collect();
+    if transit == 0 || receiving.is_empty() {
+        return loads;
+    }
+    let total = loads.iter().fold(transit, |a, l| a.saturating_add(*l));
+    let share = total.div_ceil(candidates.len() as u64);
+    let lacks: Vec<u64> = receiving
+        .iter()
+        .map(|&k| share.saturating_sub(loads[k]).max(1))
+        .collect();
+    let all: u64 = lacks.iter().sum();
+    for (&k, lack) in receiving.iter().zip(&lacks) {
+        let part = (transit as u128 * *lack as u128 / all as u128) as u64;
+        loads[k] = loads[k].saturating_add(part);
+    }
+    loads
 }
 
 /// At its stated capacity.
