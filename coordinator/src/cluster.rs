@@ -7,10 +7,12 @@
 //! in the subscription task and handed on through a bounded queue; what is refused or does not
 //! fit is counted in [`Intake`] and logged in aggregate, never one line per payload.
 //!
-//! Commands go through a `ConnectionManager` (it reconnects by itself, and every request has a
-//! timeout, so a paused Redis is an error rather than a hang). Events come from a dedicated
-//! pub/sub connection supervised by [`Cluster::follow_events`], which resubscribes after any
-//! loss and says so, so the caller can re-read the records it may have missed changes to.
+//! Commands go through an [`ebb_redis::Conn`] (it reconnects through the target's link, so behind
+//! Sentinel to the master of the moment, and every request has a timeout, so a paused Redis is
+//! an error rather than a hang). Events come from a dedicated pub/sub connection supervised by
+//! [`Cluster::follow_events`], which resubscribes (through the link: after a failover, on the
+//! new master) after any loss and says so, so the caller can re-read the records it may have
+//! missed changes to.
 
 use crate::lock::Lock;
 use crate::rollout::io::{Io, Snapshot};
@@ -18,9 +20,8 @@ use ebb_proto::command::Command;
 use ebb_proto::control::Control;
 use ebb_proto::sign::Secret;
 use ebb_proto::{Event, EventRefusal, Keys, NodeName, NodeRecord};
-use futures_util::StreamExt;
+use ebb_redis::{Conn, Link, Subscription};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -70,15 +71,6 @@ return 0
 "#,
     )
 });
-
-/// A client for `url` that sends no `CLIENT SETINFO` on connect: that command does not exist
-/// before Redis 7.2, so the ACL rules (`ebb acl`) cannot name it, and refused it would leave a
-/// denial in the ACL LOG for every connection.
-fn client(url: &str) -> redis::RedisResult<redis::Client> {
-    let info = redis::IntoConnectionInfo::into_connection_info(url)?;
-    let settings = info.redis_settings().clone().set_skip_set_lib_name();
-    redis::Client::open(info.set_redis_settings(settings))
-}
 
 /// What the event intake refused or dropped, by reason; shared by the subscription task (which
 /// counts) and the engine (which reports).
@@ -146,14 +138,12 @@ impl Intake {
 /// What went wrong talking to Redis.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("invalid Redis URL {url:?}: {source}")]
-    Url {
-        url: String,
-        source: redis::RedisError,
-    },
-    #[error("cannot reach Redis at {url}: {source}")]
+    #[error(transparent)]
+    Client(#[from] ebb_redis::ClientError),
+    #[error("cannot reach Redis at {target}: {source}")]
     Unreachable {
-        url: String,
+        /// The redacted target.
+        target: String,
         source: redis::RedisError,
     },
     #[error("Redis: {0}")]
@@ -165,10 +155,9 @@ pub enum ClusterError {
 /// A connection to one cluster's keys.
 #[derive(Clone)]
 pub struct Cluster {
-    client: redis::Client,
-    conn: ConnectionManager,
+    link: Link,
+    conn: Conn,
     keys: Keys,
-    url: String,
     /// With a secret, records and events must carry the nodes' signatures.
     secret: Option<Secret>,
     intake: Arc<Intake>,
@@ -177,7 +166,7 @@ pub struct Cluster {
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
-            .field("url", &self.url)
+            .field("redis", &self.link.target().to_string())
             .field("cluster", &self.keys.cluster())
             .finish()
     }
@@ -195,34 +184,25 @@ pub enum Followed {
 }
 
 impl Cluster {
-    /// Connects to `url` for cluster `cluster`; with `secret`, commands are signed and only
+    /// Connects to `target` for cluster `cluster`; with `secret`, commands are signed and only
     /// records and events the nodes signed are read.
     pub async fn connect(
-        url: &str,
+        target: &ebb_redis::RedisTarget,
         cluster: &str,
         secret: Option<Secret>,
     ) -> Result<Cluster, ClusterError> {
         let keys = Keys::new(cluster)?;
-        let client = client(url).map_err(|source| ClusterError::Url {
-            url: url.to_owned(),
-            source,
-        })?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let conn = ConnectionManager::new_with_config(client.clone(), config)
+        let link = Link::new(target)?;
+        let conn = Conn::new(link.clone(), REDIS_TIMEOUT)
             .await
             .map_err(|source| ClusterError::Unreachable {
-                url: url.to_owned(),
+                target: target.to_string(),
                 source,
             })?;
         Ok(Cluster {
-            client,
+            link,
             conn,
             keys,
-            url: url.to_owned(),
             secret,
             intake: Arc::default(),
         })
@@ -232,8 +212,20 @@ impl Cluster {
         &self.keys
     }
 
+    /// A subscription to `channel` (sharded on a Cluster), on its own connection to the same
+    /// Redis.
+    pub async fn subscribe(&self, channel: &str) -> Result<Subscription, ClusterError> {
+        Ok(self.link.subscribe(channel, REDIS_TIMEOUT).await?)
+    }
+
+    /// Publishes `payload` on `channel` (sharded on a Cluster); how many subscribers got it.
+    pub async fn publish(&mut self, channel: &str, payload: &str) -> Result<usize, ClusterError> {
+        let publish = self.link.publish(channel, payload);
+        Ok(publish.query_async(&mut self.conn).await?)
+    }
+
     /// The command connection (for the rollout lock).
-    pub fn conn(&mut self) -> &mut ConnectionManager {
+    pub fn conn(&mut self) -> &mut Conn {
         &mut self.conn
     }
 
@@ -319,12 +311,9 @@ impl Cluster {
     pub async fn send(&mut self, command: &Command) -> Result<usize, ClusterError> {
         let secret = self.secret.as_ref();
         let payload = command.encode(secret, COMMAND_TTL.as_millis() as u64);
+        let channel = self.keys.commands(&command.target);
         if matches!(command.action, ebb_proto::command::Action::Shed(_)) {
-            let receivers: usize = self
-                .conn
-                .publish(self.keys.commands(&command.target), &payload)
-                .await?;
-            return Ok(receivers);
+            return self.publish(&channel, &payload).await;
         }
         // A signed command is valid for COMMAND_TTL only; keeping it longer helps nobody.
         let desired_ttl = match secret {
@@ -339,7 +328,7 @@ impl Cluster {
                 &payload,
                 redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(desired_ttl)),
             )
-            .publish(self.keys.commands(&command.target), &payload)
+            .add_command(self.link.publish(&channel, &payload))
             .query_async(&mut self.conn)
             .await?;
         Ok(receivers)
@@ -502,7 +491,7 @@ impl Io for Cluster {
 
 /// What one subscription needs: where to subscribe, how to read, where to count.
 struct IntakeScope {
-    client: redis::Client,
+    link: Link,
     channel: String,
     cluster: String,
     secret: Option<Secret>,
@@ -512,7 +501,7 @@ struct IntakeScope {
 impl Intake {
     fn scope(cluster: &Cluster) -> IntakeScope {
         IntakeScope {
-            client: cluster.client.clone(),
+            link: cluster.link.clone(),
             channel: cluster.keys.events(),
             cluster: cluster.keys.cluster().to_owned(),
             secret: cluster.secret.clone(),
@@ -534,13 +523,11 @@ async fn subscription(
     tx: &mpsc::Sender<Followed>,
     subscribed: &mut bool,
 ) -> String {
-    let connect = async {
-        let mut pubsub = scope.client.get_async_pubsub().await?;
-        pubsub.subscribe(&scope.channel).await?;
-        Ok::<_, redis::RedisError>(pubsub)
-    };
-    let pubsub = match tokio::time::timeout(REDIS_TIMEOUT, connect).await {
-        Ok(Ok(pubsub)) => pubsub,
+    // Taken before connecting, so a failover announced meanwhile ends this subscription too.
+    let mut switches = scope.link.switches();
+    let connect = scope.link.subscribe(&scope.channel, REDIS_TIMEOUT);
+    let mut subscription = match tokio::time::timeout(REDIS_TIMEOUT, connect).await {
+        Ok(Ok(subscription)) => subscription,
         Ok(Err(error)) => return error.to_string(),
         Err(_) => return "timed out subscribing".to_owned(),
     };
@@ -548,24 +535,28 @@ async fn subscription(
     if tx.send(Followed::Subscribed).await.is_err() {
         return "stopped".to_owned();
     }
-    let (mut sink, mut messages) = pubsub.split();
+    let mut pinged = subscription.connection();
     let mut ping = tokio::time::interval(Duration::from_secs(2));
     let mut log = tokio::time::interval(INTAKE_LOG_EVERY);
     let mut logged = 0;
     loop {
         tokio::select! {
-            message = messages.next() => match message {
-                Some(message) => {
-                    if !scope.take(message.get_payload_bytes(), tx) {
+            message = subscription.next() => match message {
+                Ok(payload) => {
+                    if !scope.take(&payload, tx) {
                         return "stopped".to_owned();
                     }
                 }
-                None => return "the pub/sub connection closed".to_owned(),
+                Err(why) => return why.to_owned(),
             },
+            // A subscription on a demoted master never errors; subscribe again on the new one.
+            Ok(()) = switches.changed() => return "the sentinels switched the master".to_owned(),
             _ = log.tick() => logged = scope.log(logged),
             _ = ping.tick() => {
                 // Proves the otherwise silent subscription is alive (a paused Redis is not).
-                match tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<redis::Value>()).await {
+                let ping_cmd = redis::cmd("PING");
+                let pong = ping_cmd.query_async::<redis::Value>(&mut pinged);
+                match tokio::time::timeout(REDIS_TIMEOUT, pong).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => return error.to_string(),
                     Err(_) => return "Redis did not answer a ping".to_owned(),

@@ -6,8 +6,8 @@
 //! Writes of the rollout state are fenced the same way ([`Lock::save`]): a coordinator that lost
 //! the lock cannot overwrite the state its successor resumed from.
 
+use ebb_redis::Conn;
 use redis::Script;
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -97,11 +97,7 @@ pub struct Lock {
 
 impl Lock {
     /// Takes the lock at `key`, or says who holds it.
-    pub async fn acquire(
-        conn: &mut ConnectionManager,
-        key: String,
-        ttl: Duration,
-    ) -> Result<Lock, LockError> {
+    pub async fn acquire(conn: &mut Conn, key: String, ttl: Duration) -> Result<Lock, LockError> {
         let holder = Holder {
             token: uuid::Uuid::new_v4().simple().to_string(),
             host: gethostname::gethostname().to_string_lossy().into_owned(),
@@ -133,7 +129,7 @@ impl Lock {
     /// Takes the lock, waiting up to `limit` for a previous holder's lock to expire (a
     /// coordinator that crashed cannot release it).
     pub async fn acquire_waiting(
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         key: String,
         ttl: Duration,
         limit: Duration,
@@ -160,7 +156,7 @@ impl Lock {
     }
 
     /// Extends the expiry; `false` when the lock is no longer ours.
-    pub async fn renew(&self, conn: &mut ConnectionManager) -> Result<bool, redis::RedisError> {
+    pub async fn renew(&self, conn: &mut Conn) -> Result<bool, redis::RedisError> {
         let renewed: i64 = RENEW
             .key(&self.key)
             .arg(&self.value)
@@ -173,7 +169,7 @@ impl Lock {
     /// Writes `json` at `state_key` if the lock is still ours; `false` (nothing written) if not.
     pub async fn save(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         state_key: &str,
         json: &str,
     ) -> Result<bool, redis::RedisError> {
@@ -188,11 +184,7 @@ impl Lock {
     }
 
     /// Deletes `state_key` if the lock is still ours.
-    pub async fn clear(
-        &self,
-        conn: &mut ConnectionManager,
-        state_key: &str,
-    ) -> Result<(), redis::RedisError> {
+    pub async fn clear(&self, conn: &mut Conn, state_key: &str) -> Result<(), redis::RedisError> {
         let _: i64 = CLEAR
             .key(&self.key)
             .key(state_key)
@@ -213,7 +205,7 @@ impl Lock {
     }
 
     /// Releases the lock if it is still ours.
-    pub async fn release(&self, conn: &mut ConnectionManager) -> Result<(), redis::RedisError> {
+    pub async fn release(&self, conn: &mut Conn) -> Result<(), redis::RedisError> {
         let _: i64 = RELEASE
             .key(&self.key)
             .arg(&self.value)

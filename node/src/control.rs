@@ -81,9 +81,9 @@ pub struct DrainReport {
     pub deadline_hit: bool,
 }
 
-/// Messages to the drain controller.
+/// Messages to the drain controller (or, for a [`Control::driven`] one, to its [`Driver`]).
 #[derive(Debug)]
-pub(crate) enum Request {
+pub enum Request {
     Drain(DrainRequest),
     /// Skip what is left of pacing and waits (a second signal); starts an exit drain if idle.
     Hurry,
@@ -155,5 +155,117 @@ impl Control {
     /// Follows drain reports (the latest finished drain).
     pub fn subscribe_reports(&self) -> watch::Receiver<Option<DrainReport>> {
         self.report.clone()
+    }
+}
+
+/// How many state changes a [`Driver`]'s transitions keep for a slow receiver.
+const DRIVEN_TRANSITIONS: usize = 64;
+
+impl Control {
+    /// A control handle whose lifecycle is driven from outside this library: by a sidecar
+    /// (`ebb-agent`) that runs a server in another language and gives the Redis agent what
+    /// that server does. The [`Driver`] receives what the agent asks (drain, resume, shed,
+    /// hurry) and sets the state, the connection count and the drain report the agent
+    /// publishes. Starts `starting` with 0 connections.
+    pub fn driven() -> (Control, Driver) {
+        let (requests_tx, requests) = mpsc::unbounded_channel();
+        let state = watch::Sender::new(NodeState::Starting);
+        let transitions = broadcast::Sender::new(DRIVEN_TRANSITIONS);
+        let connections = watch::Sender::new(0);
+        let report = watch::Sender::new(None);
+        let control = Control {
+            requests: requests_tx,
+            state: state.subscribe(),
+            transitions: transitions.clone(),
+            connections: connections.subscribe(),
+            report: report.subscribe(),
+        };
+        let driver = Driver {
+            requests,
+            state,
+            transitions,
+            connections,
+            report,
+        };
+        (control, driver)
+    }
+}
+
+/// The other end of a [`Control::driven`] handle.
+#[derive(Debug)]
+pub struct Driver {
+    requests: mpsc::UnboundedReceiver<Request>,
+    state: watch::Sender<NodeState>,
+    transitions: broadcast::Sender<NodeState>,
+    connections: watch::Sender<usize>,
+    report: watch::Sender<Option<DrainReport>>,
+}
+
+impl Driver {
+    /// The next request; `None` once every [`Control`] clone is gone. Cancel safe.
+    pub async fn next(&mut self) -> Option<Request> {
+        self.requests.recv().await
+    }
+
+    /// Sets the lifecycle state (a change only when it differs), in order for
+    /// [`Control::subscribe_transitions`].
+    pub fn set_state(&self, state: NodeState) {
+        if *self.state.borrow() != state {
+            self.state.send_replace(state);
+            let _ = self.transitions.send(state);
+        }
+    }
+
+    pub fn state(&self) -> NodeState {
+        *self.state.borrow()
+    }
+
+    /// The live connection count as last set.
+    pub fn connections(&self) -> usize {
+        *self.connections.borrow()
+    }
+
+    /// Sets the live connection count.
+    pub fn set_connections(&self, connections: usize) {
+        self.connections.send_if_modified(|now| {
+            let changed = *now != connections;
+            *now = connections;
+            changed
+        });
+    }
+
+    /// Publishes the report of a finished drain.
+    pub fn report(&self, report: DrainReport) {
+        self.report.send_replace(Some(report));
+    }
+}
+
+#[cfg(test)]
+mod driven_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_driven_control_carries_requests_one_way_and_state_the_other() {
+        let (control, mut driver) = Control::driven();
+        assert_eq!(control.state(), NodeState::Starting);
+        let mut transitions = control.subscribe_transitions();
+        control.drain(DrainRequest::exit("test"));
+        control.resume();
+        assert!(matches!(driver.next().await, Some(Request::Drain(d)) if d.trigger == "test"));
+        assert!(matches!(driver.next().await, Some(Request::Resume)));
+        driver.set_state(NodeState::Active);
+        driver.set_state(NodeState::Active);
+        driver.set_state(NodeState::Draining);
+        assert_eq!(transitions.recv().await.unwrap(), NodeState::Active);
+        assert_eq!(
+            transitions.recv().await.unwrap(),
+            NodeState::Draining,
+            "no repeat"
+        );
+        driver.set_connections(7);
+        assert_eq!(control.connections(), 7);
+        assert!(control.subscribe_reports().borrow().is_none());
+        drop(control);
+        assert!(driver.next().await.is_none());
     }
 }

@@ -26,7 +26,8 @@
 //!   descriptors, capacity, per address), and how the node says no;
 //! - `upgrade`, `http`: the HTTP surface (`/ws`, `/health`, `/metrics`, `/admin/*`);
 //! - [`metrics`]: Prometheus metrics;
-//! - [`agent`]: the Redis agent (registration, heartbeat, commands, events).
+//! - [`agent`]: the Redis agent (registration, heartbeat, commands, events), driven by the node
+//!   library or, through [`Control::driven`], by `ebb-agent` for a server of another language.
 
 pub mod agent;
 pub mod app;
@@ -45,7 +46,7 @@ mod upgrade;
 
 pub use app::{App, Echo};
 pub use config::NodeConfig;
-pub use control::{Control, DrainReport, DrainRequest, ShedRequest};
+pub use control::{Control, DrainReport, DrainRequest, Driver, Request, ShedRequest};
 pub use door::Limits;
 pub use ebb_proto::command::Then;
 pub use ebb_proto::target::Target;

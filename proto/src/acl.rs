@@ -43,9 +43,15 @@ use std::str::FromStr;
 /// The password rule when none is given: replace it (or load the rules with a real one).
 pub const PASSWORD_PLACEHOLDER: &str = ">CHANGE-ME";
 
-/// Every connection: PING (the liveness check of connections and subscriptions) and HELLO
-/// (RESP3 URLs; like AUTH never checked, listed so the rules say what a connection sends).
-const CONNECTION: &[&str] = &["ping", "hello"];
+/// Every connection: PING (the liveness check of connections and subscriptions), HELLO (RESP3
+/// connections, which every subscription is; like AUTH never checked, listed so the rules say
+/// what a connection sends) and CLUSTER SLOTS (how redis-rs's cluster client learns which
+/// shard serves which slot; unused but harmless on a single server).
+const CONNECTION: &[&str] = &["ping", "hello", "cluster|slots"];
+/// Subscribing: SUBSCRIBE, or SSUBSCRIBE on a Redis Cluster (sharded channels).
+const SUBSCRIBE: &[&str] = &["subscribe", "ssubscribe"];
+/// Publishing: PUBLISH, or SPUBLISH on a Redis Cluster.
+const PUBLISH: &[&str] = &["publish", "spublish"];
 /// redis-rs's `Script::invoke_async`: EVALSHA; on NOSCRIPT, SCRIPT LOAD and EVALSHA again.
 const SCRIPTS: &[&str] = &["evalsha", "script|load"];
 /// `redis::pipe().atomic()`: the coordinator's `send` (desired state and publish as one).
@@ -240,7 +246,7 @@ fn node(keys: &Keys, name: &NodeName) -> Rules {
     Rules {
         // The record scripts (write, remove; KEYS: record, index, own copy) and the command
         // subscription.
-        root: Grant::allow(&[CONNECTION, SCRIPTS, &["subscribe"]])
+        root: Grant::allow(&[CONNECTION, SCRIPTS, SUBSCRIBE])
             .on(ReadWrite, [record.clone(), index.clone(), copies.clone()])
             .channels([keys.commands(name)]),
         selectors: vec![
@@ -257,7 +263,7 @@ fn node(keys: &Keys, name: &NodeName) -> Rules {
             // Replay protection of signed commands: SET NX PX of a nonce.
             Grant::allow(&[&["set"]]).on(Write, [keys.any_nonce()]),
             // Events: registered, state changes, counts, acknowledgements, deregistered.
-            Grant::allow(&[&["publish"]]).channels([keys.events()]),
+            Grant::allow(&[PUBLISH]).channels([keys.events()]),
         ],
     }
 }
@@ -269,7 +275,7 @@ fn coordinator(keys: &Keys) -> Rules {
     Rules {
         // The scripts (prune: index; clear-desired: desired; renew, release: lock; save, clear:
         // lock and state or control), `send`'s MULTI/EXEC, and the events subscription.
-        root: Grant::allow(&[CONNECTION, SCRIPTS, TRANSACTION, &["subscribe"]])
+        root: Grant::allow(&[CONNECTION, SCRIPTS, TRANSACTION, SUBSCRIBE])
             .on(
                 ReadWrite,
                 [
@@ -294,7 +300,7 @@ fn coordinator(keys: &Keys) -> Rules {
             Grant::allow(&[&["set", "get", "pexpire", "del"]])
                 .on(ReadWrite, [lock, state, control]),
             // Commands to every node.
-            Grant::allow(&[&["publish"]]).channels([keys.any_commands()]),
+            Grant::allow(&[PUBLISH]).channels([keys.any_commands()]),
             // Future: `ebb serve` consumes the request stream `ebb:{c}:requests` (XREADGROUP,
             // XACK, XAUTOCLAIM, XGROUP CREATE): one more grant here on that key alone, built from
             // `Keys` once the schema has it; the trigger gets XADD on it.
@@ -306,7 +312,7 @@ fn trigger(keys: &Keys) -> Rules {
     use Access::*;
     Rules {
         // `send`'s MULTI/EXEC, and the events subscription of `ebb drain --wait`.
-        root: Grant::allow(&[CONNECTION, TRANSACTION, &["subscribe"]]).channels([keys.events()]),
+        root: Grant::allow(&[CONNECTION, TRANSACTION, SUBSCRIBE]).channels([keys.events()]),
         selectors: vec![
             // Finding the node to address: ZRANGE of the index, HGETALL of the records. The
             // prune script is not allowed (the coordinator prunes); `ebb` skips it when refused.
@@ -317,7 +323,7 @@ fn trigger(keys: &Keys) -> Rules {
             // `ebb rollout` reads the saved state to name the rollout it steers.
             Grant::allow(&[&["get"]]).on(Read, [keys.rollout_state()]),
             // Commands, by `ebb drain`/`resume` or `redis-cli PUBLISH`.
-            Grant::allow(&[&["publish"]]).channels([keys.any_commands()]),
+            Grant::allow(&[PUBLISH]).channels([keys.any_commands()]),
         ],
     }
 }
@@ -491,6 +497,10 @@ mod tests {
         assert!(allows(r, "set", &[(&c.keys.nonce("x1"), Write)], &[]));
         assert!(allows(r, "subscribe", &[], &[&c.commands1]));
         assert!(allows(r, "publish", &[], &[&c.events]));
+        // The same on a Redis Cluster, as sharded channels.
+        assert!(allows(r, "ssubscribe", &[], &[&c.commands1]));
+        assert!(allows(r, "spublish", &[], &[&c.events]));
+        assert!(allows(r, "cluster|slots", &[], &[]));
         assert!(allows(r, "ping", &[], &[]));
 
         // Another node's record, copy, desired state and channel; the lock and the state.
@@ -514,6 +524,8 @@ mod tests {
         assert!(!allows(r, "subscribe", &[], &[&c.events]));
         assert!(!allows(r, "publish", &[], &[&c.commands1]));
         assert!(!allows(r, "publish", &[], &[&c.commands2]));
+        assert!(!allows(r, "ssubscribe", &[], &[&c.events]));
+        assert!(!allows(r, "spublish", &[], &[&c.commands2]));
         assert!(!allows(r, "eval", &declared, &[]));
         assert!(!allows(r, "script|flush", &[], &[]));
     }
@@ -639,7 +651,7 @@ mod tests {
             for grant in r.grants().filter(|g| g.commands.contains(&"evalsha")) {
                 for command in &grant.commands {
                     assert!(
-                        [CONNECTION, SCRIPTS, TRANSACTION, &["subscribe"]]
+                        [CONNECTION, SCRIPTS, TRANSACTION, SUBSCRIBE]
                             .concat()
                             .contains(command),
                         "{command} beside evalsha"
@@ -656,7 +668,7 @@ mod tests {
         assert_eq!(
             viewer.command_line(),
             "ACL SETUSER ebb-viewer reset on >CHANGE-ME resetkeys resetchannels -@all +ping \
-             +hello +zrange +hgetall %R~ebb:{default}:nodes %R~ebb:{default}:node:* \
+             +hello +cluster|slots +zrange +hgetall %R~ebb:{default}:nodes %R~ebb:{default}:node:* \
              \"(resetkeys resetchannels -@all +get %R~ebb:{default}:rollout:state)\""
         );
         let node = AclUser::new(
@@ -675,7 +687,9 @@ mod tests {
             ]
         );
         assert!(
-            args.contains(&"(resetkeys resetchannels -@all +publish &ebb:{default}:events)".into()),
+            args.contains(
+                &"(resetkeys resetchannels -@all +publish +spublish &ebb:{default}:events)".into()
+            ),
             "{args:?}"
         );
         assert!(args.contains(&"&ebb:{default}:commands:node-1".into()));

@@ -134,6 +134,41 @@ impl fmt::Debug for Secret {
 mod tests {
     use super::*;
 
+    /// The worked examples of docs/protocol.md, section 6: a native agent checks itself
+    /// against them, so they must stay true.
+    #[test]
+    fn the_worked_examples_of_the_protocol_document_hold() {
+        let secret = Secret::new("an-example-secret-0123").unwrap();
+        let command = concat!(
+            r#"{"v":1,"id":"deploy-42","cluster":"prod","target":"web-1","#,
+            r#""instance":"5f0c8a2e-3b1d-4c6e-9a7f-1d2e3c4b5a69","issued_at_ms":1718000100000,"#,
+            r#""expires_at_ms":1718000400000,"nonce":"3e1f0b9c2d4a4e7f8a6b5c4d3e2f1a0b","#,
+            r#""type":"drain","then":"exit"}"#
+        );
+        assert_eq!(
+            secret.sign(Domain::Command, command.as_bytes()),
+            "fa019c064400055ce22135867656ced63a034c5cc660f0b20c4ccf42cb797220"
+        );
+        let event = concat!(
+            r#"{"v":1,"cluster":"prod","node":"web-1","#,
+            r#""instance":"5f0c8a2e-3b1d-4c6e-9a7f-1d2e3c4b5a69","at_ms":1718000100250,"#,
+            r#""type":"state","state":"draining","connections":42}"#
+        );
+        assert_eq!(
+            secret.sign(Domain::Event, event.as_bytes()),
+            "02cf4966b7643c5a85b20a7204253b3fecc65d16cf6dcdc3cb49163c43d17811"
+        );
+        let record = concat!(
+            r#"["ebb-record-v1","prod","web-1","5f0c8a2e-3b1d-4c6e-9a7f-1d2e3c4b5a69","#,
+            r#""ws://10.0.0.1:8080/ws","0.1.0","active","42","10000","1718000000000","#,
+            r#""1718000004000","10000"]"#
+        );
+        assert_eq!(
+            secret.sign(Domain::Record, record.as_bytes()),
+            "5f177e070ccbba554d427709e69c7ae1da0ab2ea26586525f53d814191aa6c9f"
+        );
+    }
+
     #[test]
     fn sign_and_verify() {
         let secret = Secret::new("0123456789abcdef").unwrap();

@@ -368,10 +368,13 @@ impl Fleet {
             .unwrap_or_else(|e| panic!("reading the record of {name}: {e}"))
     }
 
-    /// Waits until every node of `names` has a record in state `active`.
+    /// Waits until every node of `names` has a record in state `active` and listens on its
+    /// command channel. The two halves of a node's Redis agent connect on their own (a node
+    /// whose first DNS lookup of Redis failed may register before it subscribes), so a record
+    /// alone does not say that a command published now reaches the node.
     pub async fn wait_active(&self, names: &[&str], limit: Duration) {
         crate::eventually(
-            &format!("{names:?} registered and active"),
+            &format!("{names:?} registered, active and listening for commands"),
             limit,
             || async {
                 for name in names {
@@ -379,11 +382,28 @@ impl Fleet {
                     if record.get("state").map(String::as_str) != Some(NodeState::Active.as_str()) {
                         return None;
                     }
+                    if self.command_listeners(name).await == 0 {
+                        return None;
+                    }
                 }
                 Some(())
             },
         )
         .await;
+    }
+
+    /// How many subscribers the command channel of node `name` has (`PUBSUB NUMSUB`).
+    pub async fn command_listeners(&self, name: &str) -> i64 {
+        let mut conn = self.redis_conn().await;
+        let channel = self.keys().commands(&crate::node_name(name));
+        let mut cmd = redis::cmd("PUBSUB");
+        cmd.arg("NUMSUB").arg(&channel);
+        let numsub = cmd.query_async::<(String, i64)>(&mut conn);
+        tokio::time::timeout(HTTP_LIMIT, numsub)
+            .await
+            .unwrap_or_else(|_| panic!("PUBSUB NUMSUB took longer than {HTTP_LIMIT:?}"))
+            .unwrap_or_else(|e| panic!("PUBSUB NUMSUB {channel}: {e}"))
+            .1
     }
 
     /// Publishes `payload` on the command channel of node `name`; returns how many subscribers

@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 #[derive(Debug)]
 pub struct Supervised {
     pub name: String,
+    /// Where every start listens (the first start's address, given to each restart).
+    listen: SocketAddr,
     /// Start it again when it exits.
     restart: Arc<AtomicBool>,
     /// How long the supervisor waits before starting it again, in ms.
@@ -71,11 +73,14 @@ impl Supervised {
                 }
             }
         });
-        addr.wait_for(Option::is_some)
+        let listen = addr
+            .wait_for(Option::is_some)
             .await
-            .expect("the supervisor runs");
+            .expect("the supervisor runs")
+            .expect("checked");
         Supervised {
             name: name.to_owned(),
+            listen,
             restart,
             restart_delay_ms,
             pid,
@@ -108,9 +113,9 @@ impl Supervised {
         self.pid.load(Ordering::SeqCst)
     }
 
-    /// The running process's address, or `None` while it is down.
-    pub fn current_addr(&self) -> Option<SocketAddr> {
-        *self.addr.borrow()
+    /// Where the node listens across restarts: what a load balancer probes.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen
     }
 
     /// The running process's address (waits while it restarts).
@@ -144,6 +149,24 @@ impl Drop for Supervised {
     fn drop(&mut self) {
         self.restart.store(false, Ordering::SeqCst);
         self.task.abort();
+    }
+}
+
+/// Waits until every node holds at least `at_least` clients (its `/health` count): a test that
+/// must watch a node drain starts its rollout only once the clients are in, or a node that
+/// holds none drains in a few milliseconds and the test misses it.
+pub async fn wait_holding<N: std::borrow::Borrow<Supervised>>(nodes: &[N], at_least: u64) {
+    for node in nodes {
+        let node = node.borrow();
+        crate::eventually(
+            &format!("{} holds {at_least} clients", node.name),
+            Duration::from_secs(20),
+            || async {
+                let health = crate::http::get(node.addr().await, "/health").await.json();
+                (health["connections"].as_u64() >= Some(at_least)).then_some(())
+            },
+        )
+        .await;
     }
 }
 

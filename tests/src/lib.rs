@@ -13,7 +13,10 @@
 //!   the protocol by hand so it can misbehave (never answer a Close or a ping);
 //! - [`fleet`]: a cluster of supervised nodes in Redis, the `ebb` CLI, and the event log;
 //! - [`readiness`]: every node's `/health` sampled through a rollout, as a load balancer sees it;
-//! - [`redis`]: Redis in a container (testcontainers, from the locally built image);
+//! - [`redis`]: Redis in a container (testcontainers, from the locally built image), over plain
+//!   TCP or TLS;
+//! - [`tls`]: a CA and a server certificate made for one test;
+//! - [`sentinel`]: a master, a replica and three sentinels as real `redis-server` processes;
 //! - [`containers`]: Redis and supervised `ebb-node` containers on a per-test Docker network,
 //!   with faults to inject (kill, pause, Redis stop/start, cutting a node off from Redis);
 //! - [`browser`]: a real headless Chromium driven through the DevTools protocol (the status
@@ -34,6 +37,9 @@ pub mod process;
 pub mod procfs;
 pub mod readiness;
 pub mod redis;
+pub mod redis_cluster;
+pub mod sentinel;
+pub mod tls;
 pub mod traffic;
 pub mod ws;
 

@@ -4,6 +4,7 @@
 
 use crate::fleet::Supervised;
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -26,8 +27,18 @@ pub struct Readiness {
 }
 
 impl Readiness {
-    /// Starts sampling `nodes` (a node that is restarting is not ready).
+    /// Starts sampling `nodes` (a node that is down or restarting is not ready).
     pub fn watch(nodes: Vec<Arc<Supervised>>) -> Readiness {
+        let nodes = nodes
+            .iter()
+            .map(|node| (node.name.clone(), node.listen_addr()))
+            .collect();
+        Readiness::watch_addrs(nodes)
+    }
+
+    /// Starts sampling the `/health` of each named address (any server that answers 200 when
+    /// ready: ebb-node, or an app under ebb-agent).
+    pub fn watch_addrs(nodes: Vec<(String, SocketAddr)>) -> Readiness {
         let samples = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let task = tokio::spawn({
@@ -56,18 +67,16 @@ impl Readiness {
     }
 }
 
-async fn sample(nodes: &[Arc<Supervised>]) -> Sample {
-    let asks = nodes.iter().map(|node| async move {
-        let ready = match node.current_addr() {
-            None => false,
-            Some(addr) => {
-                let ask = crate::http::request(addr, http::Method::GET, "/health", None);
-                tokio::time::timeout(ANSWER_WITHIN, ask)
-                    .await
-                    .is_ok_and(|r| r.is_ok_and(|r| r.status == 200))
-            }
-        };
-        (!ready).then(|| node.name.clone())
+async fn sample(nodes: &[(String, SocketAddr)]) -> Sample {
+    // Asked at the node's fixed address, as a load balancer does: a node that is down refuses
+    // the connection. (The supervisor's own view of a restart lags behind the process, which
+    // may already serve, and be registered, before the supervisor has read that it does.)
+    let asks = nodes.iter().map(|(name, addr)| async move {
+        let ask = crate::http::request(*addr, http::Method::GET, "/health", None);
+        let ready = tokio::time::timeout(ANSWER_WITHIN, ask)
+            .await
+            .is_ok_and(|r| r.is_ok_and(|r| r.status == 200));
+        (!ready).then(|| name.clone())
     });
     futures_util::future::join_all(asks)
         .await

@@ -95,15 +95,75 @@ impl Redis {
         .await
     }
 
+    /// Starts Redis serving TLS only (no plain port) with the certificate `ca` signed for
+    /// [`crate::tls::SERVER_NAME`], and `acl` as its ACL file. [`url`](Self::url) is then
+    /// `rediss://localhost:<mapped port>`; the harness's own [`connection`](Self::connection) does
+    /// not speak TLS, so read through [`connection_to`](Self::connection_to).
+    pub async fn run_tls(ca: &crate::tls::TestCa, acl: String) -> Redis {
+        const DIR: &str = "/etc/ebb-tls";
+        let files = [
+            ("server.pem", ca.server_cert_pem.clone()),
+            ("server.key", ca.server_key_pem.clone()),
+            ("ca.pem", ca.ca_pem.clone()),
+            ("acl.conf", acl),
+        ];
+        let mut redis = Redis::run_with(|mut request| {
+            for (name, contents) in files {
+                request = request.with_copy_to(
+                    CopyTargetOptions::new(format!("{DIR}/{name}")).with_mode(0o644),
+                    contents.into_bytes(),
+                );
+            }
+            request.with_cmd([
+                "--port",
+                "0",
+                "--tls-port",
+                "6379",
+                "--tls-cert-file",
+                "/etc/ebb-tls/server.pem",
+                "--tls-key-file",
+                "/etc/ebb-tls/server.key",
+                "--tls-ca-cert-file",
+                "/etc/ebb-tls/ca.pem",
+                "--tls-auth-clients",
+                "no",
+                "--aclfile",
+                "/etc/ebb-tls/acl.conf",
+            ])
+        })
+        .await;
+        redis.url = tls_url(&redis.url);
+        redis
+    }
+
+    /// A connection made the way the ebb binaries make theirs, from a `--redis` URL and
+    /// `--redis-ca` (TLS, ACL users).
+    pub async fn connection_to(
+        url: &str,
+        ca: Option<&std::path::Path>,
+    ) -> Result<redis::aio::MultiplexedConnection, String> {
+        let target = ebb_redis::RedisTarget::parse(url)
+            .and_then(|t| t.with_ca(ca))
+            .map_err(|e| e.to_string())?;
+        let client = ebb_redis::client(&target).map_err(|e| e.to_string())?;
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .map_err(|_| format!("connecting to {target} took longer than 10 s"))?
+        .map_err(|e| format!("connecting to {target}: {e}"))
+    }
+
     /// `redis://127.0.0.1:<mapped port>`.
     pub fn url(&self) -> &str {
         &self.url
     }
 
-    /// `redis://<user>:<password>@127.0.0.1:<mapped port>`.
+    /// `redis://<user>:<password>@127.0.0.1:<mapped port>` (or `rediss://...@localhost:...`).
     pub fn url_as(&self, user: &str, password: &str) -> String {
-        self.url
-            .replacen("redis://", &format!("redis://{user}:{password}@"), 1)
+        let (scheme, rest) = self.url.split_once("://").expect("a URL with a scheme");
+        format!("{scheme}://{user}:{password}@{rest}")
     }
 
     /// The container, for what the wrappers here do not cover (logs, exec, id).
@@ -160,7 +220,11 @@ impl Redis {
             || async { (self.ready_count().await > before).then_some(()) },
         )
         .await;
+        let tls = self.url.starts_with("rediss://");
         self.url = url(&self.container).await;
+        if tls {
+            self.url = tls_url(&self.url);
+        }
     }
 
     /// Removes the container (killing Redis if it runs) and waits until it is gone, instead of
@@ -186,6 +250,15 @@ async fn url(container: &ContainerAsync<GenericImage>) -> String {
         .await
         .unwrap_or_else(|e| panic!("Redis's mapped port: {e}"));
     format!("redis://127.0.0.1:{port}")
+}
+
+/// The TLS URL of the same mapped port, by the one name the test certificate holds.
+fn tls_url(plain: &str) -> String {
+    plain.replacen(
+        "redis://127.0.0.1",
+        &format!("rediss://{}", crate::tls::SERVER_NAME),
+        1,
+    )
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 
 use ebb_proto::command::Then;
 use ebb_proto::{Event, EventKind, Keys, NodeState};
-use ebb_tests::fleet::{Supervised, ebb, ebb_spawn, node_args};
+use ebb_tests::fleet::{wait_holding, Supervised, ebb, ebb_spawn, node_args};
 use ebb_tests::readiness::{self, Readiness};
 use ebb_tests::redis::Redis;
 use ebb_tests::traffic::Traffic;
@@ -135,6 +135,7 @@ async fn forged_events_while_a_node_drains(secret: Option<&str>) {
     }
     let nodes = fleet(&redis, 3, &extra).await;
     let traffic = Traffic::start(&urls(&nodes).await, 30);
+    wait_holding(&nodes, 10).await;
     let readiness = Readiness::watch(nodes.clone());
     let mut args = vec!["rolling-restart", "--json"];
     if let Some(secret) = secret {
@@ -287,6 +288,7 @@ async fn a_replacement_that_registers_before_the_old_instance_exits_is_waited_fo
     // n1's next process is started by hand, early; its supervisor does not start another.
     nodes[0].set_restart(false);
     let traffic = Traffic::start(&urls(&nodes).await, 30);
+    wait_holding(&nodes, 10).await;
     let events = ebb_tests::fleet::EventLog::start(redis.url(), CLUSTER).await;
     let mut coordinator = ebb_spawn(redis.url(), CLUSTER, &["rolling-restart", "--json"]);
 

@@ -4,7 +4,7 @@
 //! left in the desired state, and a corrupted saved state is refused, not panicked on.
 
 use ebb_tests::containers::report_of;
-use ebb_tests::fleet::{EventLog, Supervised, ebb, ebb_spawn, node_args};
+use ebb_tests::fleet::{wait_holding, EventLog, Supervised, ebb, ebb_spawn, node_args};
 use ebb_tests::readiness::{self, Readiness};
 use ebb_tests::redis::Redis;
 use ebb_tests::traffic::Traffic;
@@ -282,6 +282,7 @@ async fn an_interrupt_takes_back_its_drain_and_a_resume_finishes() {
     }
     wait_active(&redis, 2).await;
     let traffic = Traffic::start(&urls, 20);
+    wait_holding(&nodes, 10).await;
     let mut first = ebb_spawn(
         redis.url(),
         CLUSTER,
@@ -420,6 +421,7 @@ async fn a_coordinator_that_lost_its_lock_writes_nothing_more() {
     }
     wait_active(&redis, 3).await;
     let traffic = Traffic::start(&urls, 20);
+    wait_holding(&nodes, 6).await;
     let mut first = ebb_spawn(
         redis.url(),
         CLUSTER,
@@ -479,6 +481,7 @@ async fn a_resume_under_other_rules_is_refused_naming_them() {
     }
     wait_active(&redis, 2).await;
     let traffic = Traffic::start(&urls, 10);
+    wait_holding(&nodes, 5).await;
     let mut first = ebb_spawn(
         redis.url(),
         CLUSTER,

@@ -6,7 +6,7 @@
 
 use ebb_proto::{EventKind, Keys, NodeState};
 use ebb_tests::containers::report_of;
-use ebb_tests::fleet::{EventLog, Supervised, ebb, ebb_spawn, node_args};
+use ebb_tests::fleet::{wait_holding, EventLog, Supervised, ebb, ebb_spawn, node_args};
 use ebb_tests::readiness::{self, Readiness};
 use ebb_tests::redis::Redis;
 use ebb_tests::traffic::Traffic;
@@ -159,9 +159,11 @@ async fn a_canary_pause_holds_until_continue_from_another_process() {
 #[tokio::test]
 async fn an_abort_from_another_process_finishes_the_node_in_flight_and_touches_no_other() {
     let redis = Redis::run().await;
-    let (_nodes, urls) = fleet(&redis, 3, &["--close-spread", "2s"]).await;
+    let (nodes, urls) = fleet(&redis, 3, &["--close-spread", "2s"]).await;
     let before = active(&redis, 3).await;
     let traffic = Traffic::start(&urls, 30);
+    // n1 holds clients, so its drain lasts the close spread and is seen in flight.
+    wait_holding(&nodes, 10).await;
     let mut coordinator = ebb_spawn(redis.url(), CLUSTER, &["rolling-restart", "--json"]);
     rollout_when(&redis, "n1 draining", |r| {
         r["in_flight"][0]["name"] == "n1" && r["in_flight"][0]["phase"] == "draining"

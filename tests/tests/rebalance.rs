@@ -190,13 +190,18 @@ async fn a_target_too_long_for_the_close_reason_is_dropped_and_clients_choose_fo
 }
 
 /// Samples what a load balancer and the coordinator see of `node` until stopped: its `/health`
-/// status and its record's state in Redis; and meanwhile connects a new client every 50 ms,
-/// each of which must be accepted and answered. Returns (samples, health codes not 200, record
-/// states not active, new clients).
+/// status and its record's state in Redis; and, once `shedding` is cancelled, connects a new
+/// client every 50 ms, each of which must be accepted and answered. Returns (samples, health
+/// codes not 200, record states not active, new clients).
+///
+/// The new clients wait for the shed to have begun: a shed closes the newest connections that
+/// exist when its command arrives, so a client that connected a moment before it is rightly
+/// among those it may close.
 async fn sample_while(
     redis: &Redis,
     node: &Node,
     name: &str,
+    shedding: CancellationToken,
     stop: CancellationToken,
 ) -> (usize, Vec<u16>, Vec<String>, Vec<Client>) {
     let key = Keys::new(CLUSTER)
@@ -219,7 +224,7 @@ async fn sample_while(
             inactive.push(state);
         }
         samples += 1;
-        if i % 5 == 0 {
+        if i % 5 == 0 && shedding.is_cancelled() {
             let mut client = Client::connect(&node.ws_url()).await;
             client.send("still here").await;
             assert_eq!(
@@ -243,8 +248,8 @@ async fn a_shed_of_100_at_200_per_second_moves_100_of_300_clients_while_the_node
     let traffic = traffic(&urls, 300);
     holds(&a, 300, SECS(30)).await;
 
-    let stop = CancellationToken::new();
-    let sampling = sample_while(&redis, &a, "a", stop.clone());
+    let (started, stop) = (CancellationToken::new(), CancellationToken::new());
+    let sampling = sample_while(&redis, &a, "a", started.clone(), stop.clone());
     // The node's own URL among the targets is never handed out: every shed client goes to b.
     let shed = format!(
         r#"{{"v":1,"id":"rebalance-1","target":"a","type":"shed","count":100,"rate_per_s":200,"targets":{}}}"#,
@@ -252,6 +257,12 @@ async fn a_shed_of_100_at_200_per_second_moves_100_of_300_clients_while_the_node
     );
     let shedding = async {
         publish(&redis, "a", &shed).await;
+        // Its first close is ordered after it fixed which connections are its own.
+        eventually("the shed begun", SECS(10), || async {
+            (a.metric("ebb_shed_total").await >= 1.0).then_some(())
+        })
+        .await;
+        started.cancel();
         eventually("100 clients on b", SECS(20), || async {
             (connections(&b).await >= 99).then_some(())
         })

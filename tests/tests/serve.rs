@@ -7,7 +7,7 @@
 use ebb_proto::request::{Request, RolloutOptions};
 use ebb_proto::sign::Secret;
 use ebb_proto::{EventKind, Keys, NodeState};
-use ebb_tests::fleet::{EventLog, Supervised, ebb, ebb_spawn, node_args};
+use ebb_tests::fleet::{wait_holding, EventLog, Supervised, ebb, ebb_spawn, node_args};
 use ebb_tests::process::Proc;
 use ebb_tests::readiness::{self, Readiness};
 use ebb_tests::redis::Redis;
@@ -355,6 +355,7 @@ async fn a_leader_killed_mid_rollout_is_replaced_by_a_standby_that_finishes_it()
     let (nodes, urls) = fleet(&redis, &["--close-spread", "2s"]).await;
     let before = instances(&redis, 3).await;
     let traffic = Traffic::start(&urls, 30);
+    wait_holding(&nodes, 10).await;
     let events = EventLog::start(redis.url(), CLUSTER).await;
     let (a, a_addr) = serve(&redis, &[]).await;
     let (b, b_addr) = serve(&redis, &[]).await;

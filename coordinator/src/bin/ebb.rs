@@ -20,14 +20,21 @@ use tokio_util::sync::CancellationToken;
     about = "Zero-downtime rolling restarts for ebb WebSocket fleets"
 )]
 struct Cli {
-    /// Redis URL of the cluster's registry.
+    /// Redis of the cluster's registry: redis://[user:password@]host[:port][/db], rediss:// for
+    /// TLS; redis+sentinel://[user:password@]h1:p1,h2:p2/<master> and redis+cluster://h1:p1,h2:p2.
     #[arg(
         long,
         global = true,
         env = "EBB_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        hide_env_values = true,
+        default_value = "redis://127.0.0.1:6379",
+        value_parser = ebb_redis::TargetParser
     )]
-    redis: String,
+    redis: ebb_redis::RedisTarget,
+    /// PEM file of the CA that signed the Redis servers' certificates (rediss:// only; default:
+    /// the system's roots).
+    #[arg(long, global = true, env = "EBB_REDIS_CA")]
+    redis_ca: Option<std::path::PathBuf>,
     /// Cluster name.
     #[arg(long, global = true, env = "EBB_CLUSTER", default_value = ebb_proto::keys::DEFAULT_CLUSTER)]
     cluster: String,
@@ -451,8 +458,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let redis =
+        ebb_redis::cli::with_ca(cli.redis, cli.redis_ca.as_deref()).unwrap_or_else(|e| e.exit());
     let target = Target {
-        redis_url: cli.redis,
+        redis,
         cluster: cli.cluster,
         secret,
     };

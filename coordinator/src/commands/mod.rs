@@ -20,14 +20,15 @@ use ebb_proto::sign::Secret;
 /// Which cluster, and how to reach and sign for it (the global flags).
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub redis_url: String,
+    /// `--redis` (with `--redis-ca`), parsed.
+    pub redis: ebb_redis::RedisTarget,
     pub cluster: String,
     pub secret: Option<Secret>,
 }
 
 impl Target {
     pub async fn connect(&self) -> Result<Cluster, Error> {
-        Ok(Cluster::connect(&self.redis_url, &self.cluster, self.secret.clone()).await?)
+        Ok(Cluster::connect(&self.redis, &self.cluster, self.secret.clone()).await?)
     }
 }
 

@@ -5,7 +5,6 @@
 
 use super::{Error, Outcome, Target};
 use crate::service::results::{self, State};
-use futures_util::StreamExt;
 use std::time::Duration;
 
 /// How often the result is read while progress lines come.
@@ -35,27 +34,21 @@ async fn running_request(target: &Target) -> Result<Option<String>, Error> {
 /// Prints request `id`'s progress until its result is final; its exit code.
 pub async fn follow(target: &Target, id: &str, limit: Duration) -> Result<Outcome, Error> {
     let mut cluster = target.connect().await?;
-    let client = redis::Client::open(target.redis_url.as_str())
-        .map_err(|e| Error::Usage(format!("invalid Redis URL: {e}")))?;
-    let mut pubsub = client
-        .get_async_pubsub()
-        .await
-        .map_err(crate::cluster::ClusterError::from)?;
-    pubsub
-        .subscribe(cluster.keys().progress())
-        .await
-        .map_err(crate::cluster::ClusterError::from)?;
-    let mut lines = pubsub.into_on_message();
+    let mut lines = cluster.subscribe(&cluster.keys().progress()).await?;
     let deadline = tokio::time::Instant::now() + limit;
     let mut poll = tokio::time::interval(POLL);
     let mut last = None;
+    let mut following = true;
     loop {
         tokio::select! {
-            message = lines.next() => {
-                if let Some(message) = message {
-                    print_line(id, message.get_payload_bytes());
+            message = lines.next(), if following => match message {
+                Ok(payload) => print_line(id, &payload),
+                // The result is still polled: only the progress lines stop.
+                Err(why) => {
+                    eprintln!("request {id}: progress lines lost ({why}); waiting for the result");
+                    following = false;
                 }
-            }
+            },
             _ = poll.tick() => {
                 let result = results::load(&mut cluster, id).await?;
                 if let Some(result) = &result {

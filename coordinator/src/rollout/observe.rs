@@ -89,6 +89,8 @@ pub struct Observation {
     /// The latest command refusal of each planned node (e.g. `bad_signature`), to explain a
     /// missing acknowledgement.
     pub refused: HashMap<NodeName, String>,
+    /// When (in [`Observation::now`]) each node's record was last read fresh, this run.
+    pub last_seen: HashMap<NodeName, Duration>,
 }
 
 impl Observation {
@@ -108,6 +110,10 @@ impl Observation {
             .filter(|r| fresh(r, wall_ms))
             .map(|r| (r.name.clone(), NodeView::from(r)))
             .collect();
+        let now = self.now;
+        for name in self.nodes.keys() {
+            self.last_seen.insert(name.clone(), now);
+        }
     }
 
     /// Applies a read of one node's record (`None`: it has none).
@@ -115,6 +121,7 @@ impl Observation {
         match record.filter(|r| fresh(r, self.wall_ms) && r.name == *name) {
             Some(record) => {
                 self.nodes.insert(name.clone(), NodeView::from(record));
+                self.last_seen.insert(name.clone(), self.now);
             }
             None => {
                 self.nodes.remove(name);
@@ -172,6 +179,15 @@ impl Observation {
     }
 
     /// The record of `name`.
+    /// Whether a record read fresh this run is missing now, and was seen less than `grace`
+    /// ago: a record that lapsed recently may belong to a node that could not write while
+    /// Redis failed over (it re-registers within a few heartbeats), not only to one that died.
+    pub fn lapsed_within(&self, grace: Duration) -> bool {
+        self.last_seen.iter().any(|(name, seen)| {
+            !self.nodes.contains_key(name) && self.now.saturating_sub(*seen) < grace
+        })
+    }
+
     pub fn record(&self, name: &NodeName) -> Option<&NodeView> {
         self.nodes.get(name)
     }

@@ -7,6 +7,12 @@
 //! capacity, room on them for its connections plus those still on the nodes in flight. A check
 //! that fails only because of nodes in flight waits for them; one that fails with none in flight
 //! can never pass by waiting, so it stops the rollout before the node is touched.
+//!
+//! Except just after a record lapsed: when Redis fails over, nodes cannot write for a few
+//! seconds and records can expire (or be lost with the last unreplicated writes) although
+//! every node is alive. For [`LAPSED_GRACE`] after a record seen this run went missing, a check
+//! that fails waits instead of stopping: the node re-registers within a few heartbeats, or it
+//! really is gone and the check stops the rollout once the grace is over.
 
 use super::Policy;
 use super::abort::Abort;
@@ -14,6 +20,11 @@ use super::node::NodeRun;
 use super::observe::Observation;
 use ebb_proto::{NodeName, NodeState};
 use std::collections::HashSet;
+use std::time::Duration;
+
+/// How long a check that fails waits after a record seen this run lapsed, before it stops the
+/// rollout (several heartbeats and a record TTL at the defaults, well above a failover).
+pub const LAPSED_GRACE: Duration = Duration::from_secs(15);
 
 /// The scheduler's decision.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,17 +53,18 @@ pub fn next(runs: &[NodeRun], obs: &Observation, policy: &Policy) -> Admission {
         return Admission::Nothing;
     };
     let name = runs[index].name();
-    let busy = !in_flight.is_empty();
-    // Not now, or never: with nodes in flight, a limit they hold may free up.
+    // Not now, or never: with nodes in flight, a limit they hold may free up; after a record
+    // lapsed, its node may be back in a moment.
+    let may_pass = !in_flight.is_empty() || obs.lapsed_within(LAPSED_GRACE);
     let refuse = |abort: Abort| {
-        if busy {
+        if may_pass {
             Admission::Wait
         } else {
             Admission::Abort(abort)
         }
     };
     let Some(view) = obs.record(name) else {
-        return Admission::Abort(Abort::Missing { node: name.clone() });
+        return refuse(Abort::Missing { node: name.clone() });
     };
     if view.state != NodeState::Active {
         return Admission::Abort(Abort::NotActive {

@@ -14,7 +14,6 @@ use crate::commands::rolling_restart::{self, Args, Output};
 use crate::progress::Line;
 use crate::rollout::{MaxParallel, OnCheckFail, Overrides};
 use ebb_proto::request::{Request, RequestKind, RolloutOptions};
-use redis::AsyncCommands;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -180,7 +179,7 @@ async fn carry_out(
                 "done": line.done,
                 "at_ms": ebb_proto::time::now_ms(),
             });
-            let _: Result<i64, _> = publisher.conn().publish(&channel, json.to_string()).await;
+            let _ = publisher.publish(&channel, &json.to_string()).await;
         }
     });
     let run = rolling_restart::execute(&shared.target, args, stop.clone()).await;

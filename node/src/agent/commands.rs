@@ -19,8 +19,8 @@ use crate::control::{DrainRequest, ShedRequest};
 use ebb_proto::EventKind;
 use ebb_proto::command::{Action, Command, MAX_COMMAND_BYTES, Refusal};
 use ebb_proto::target::Target;
+use ebb_redis::Connection;
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
@@ -35,7 +35,7 @@ struct State {
 }
 
 /// Runs commands sessions until stopped, backing off between failed ones.
-pub(crate) async fn supervise(client: redis::Client, cx: Arc<Context>) {
+pub(crate) async fn supervise(link: ebb_redis::Link, cx: Arc<Context>) {
     let mut state = State {
         gate: Gate::new(
             cx.keys.cluster().to_owned(),
@@ -49,7 +49,7 @@ pub(crate) async fn supervise(client: redis::Client, cx: Arc<Context>) {
     };
     let mut retry = Retry::new();
     loop {
-        let result = run(&client, &cx, &mut state).await;
+        let result = run(&link, &cx, &mut state).await;
         cx.set_connected(Half::Commands, false);
         let error = match result {
             Ok(()) => return,
@@ -65,18 +65,17 @@ pub(crate) async fn supervise(client: redis::Client, cx: Arc<Context>) {
 }
 
 /// One session. `Ok` only after a requested stop.
-async fn run(client: &redis::Client, cx: &Context, st: &mut State) -> Result<(), SessionError> {
+async fn run(link: &ebb_redis::Link, cx: &Context, st: &mut State) -> Result<(), SessionError> {
     st.connected = false;
-    let conn = cx.connect(client).await?;
+    // Through the link at every session: behind Sentinel, the master of the moment. The switch
+    // count is taken first, so a failover announced while connecting ends this session too.
+    let switches = link.switches();
+    let mut liveness_failures = cx.liveness_failures.subscribe();
+    liveness_failures.mark_unchanged();
+    let conn = cx.connect().await?;
     let channel = cx.keys.commands(&cx.identity.name);
-    let inbox = Inbox::subscribe(
-        client,
-        &channel,
-        cx.metrics.clone(),
-        cx.config.heartbeat,
-        cx.config.redis_timeout,
-    )
-    .await?;
+    let inbox =
+        Inbox::subscribe(link, &channel, cx.metrics.clone(), cx.config.redis_timeout).await?;
     st.connected = true;
     cx.set_connected(Half::Commands, true);
     cx.listening.cancel();
@@ -86,6 +85,8 @@ async fn run(client: &redis::Client, cx: &Context, st: &mut State) -> Result<(),
         conn,
         st,
         inbox,
+        switches,
+        liveness_failures,
         reread_at: None,
         last_read: Instant::now(),
         drops_seen: 0,
@@ -98,9 +99,16 @@ async fn run(client: &redis::Client, cx: &Context, st: &mut State) -> Result<(),
 /// One session's command loop.
 struct Worker<'a> {
     cx: &'a Context,
-    conn: MultiplexedConnection,
+    conn: Connection,
     st: &'a mut State,
     inbox: Inbox,
+    /// Moves when the sentinels announce a new master: a subscription on a demoted master never
+    /// errors, so the session ends and the next one subscribes on the new master.
+    switches: tokio::sync::watch::Receiver<u64>,
+    /// Moves when a liveness session fails: Redis is unreachable from here (a partition the
+    /// silent subscription would notice only later), so this session ends too and the next
+    /// one re-reads the desired state once Redis answers again.
+    liveness_failures: tokio::sync::watch::Receiver<u64>,
     /// When the desired state is to be read again (after drops).
     reread_at: Option<Instant>,
     last_read: Instant,
@@ -125,6 +133,8 @@ impl Worker<'_> {
             tokio::select! {
                 biased;
                 () = &mut stop => return Ok(()),
+                Ok(()) = self.switches.changed() => return Err(SessionError::MasterSwitched),
+                Ok(()) = self.liveness_failures.changed() => return Err(SessionError::LivenessLost),
                 () = sleep_until(report_at.unwrap_or_else(Instant::now)), if report_at.is_some() => {
                     self.report().await?;
                 }
@@ -271,10 +281,7 @@ fn others(targets: &[Target], own_url: &str) -> Vec<Target> {
 
 /// Reads at most [`MAX_COMMAND_BYTES`] + 1 bytes of the desired-state key: whatever is stored
 /// there, only that much crosses the network.
-async fn read_desired(
-    conn: &mut MultiplexedConnection,
-    cx: &Context,
-) -> Result<Desired, SessionError> {
+async fn read_desired(conn: &mut Connection, cx: &Context) -> Result<Desired, SessionError> {
     let key = cx.keys.desired(&cx.identity.name);
     let read: redis::RedisResult<Vec<u8>> = conn.getrange(key, 0, MAX_COMMAND_BYTES as isize).await;
     match read {

@@ -6,8 +6,7 @@ use super::record::Identity;
 use crate::control::Control;
 use crate::metrics::Metrics;
 use ebb_proto::{Event, EventKind, Keys};
-use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
+use ebb_redis::Connection;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -24,6 +23,10 @@ pub(crate) enum SessionError {
     Timeout(&'static str),
     #[error("the pub/sub connection closed")]
     PubSubClosed,
+    #[error("the sentinels switched the master")]
+    MasterSwitched,
+    #[error("the liveness half lost Redis")]
+    LivenessLost,
     #[error("the node is gone")]
     NodeGone,
 }
@@ -60,6 +63,11 @@ pub(crate) struct Context {
     /// Cancelled by the commands half once it first subscribed: liveness waits for it (bounded)
     /// before registering, so a node that appears in Redis is, in practice, already listening.
     pub listening: CancellationToken,
+    /// Counts the liveness half's failed sessions. The commands half ends its session when it
+    /// moves: both reach the same Redis over the same path, and the heartbeat is what notices a
+    /// partition at once, where the otherwise silent subscription would notice only through
+    /// TCP keepalive (see `inbox`).
+    pub liveness_failures: tokio::sync::watch::Sender<u64>,
     liveness_up: AtomicBool,
     commands_up: AtomicBool,
 }
@@ -90,33 +98,23 @@ impl Context {
             metrics,
             stop,
             listening: CancellationToken::new(),
+            liveness_failures: tokio::sync::watch::Sender::new(0),
             liveness_up: AtomicBool::new(false),
             commands_up: AtomicBool::new(false),
         }
     }
 
-    /// A new multiplexed connection whose connect and every request are bounded by the Redis
-    /// timeout.
-    pub async fn connect(
-        &self,
-        client: &redis::Client,
-    ) -> Result<MultiplexedConnection, SessionError> {
+    /// A new connection through the link (behind Sentinel, to the master of the moment) whose
+    /// connect and every request are bounded by the Redis timeout.
+    pub async fn connect(&self) -> Result<Connection, SessionError> {
         let limit = self.config.redis_timeout;
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(limit))
-            .set_response_timeout(Some(limit));
-        timed(
-            limit,
-            "connect",
-            client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
+        timed(limit, "connect", self.config.redis.connect(limit)).await
     }
 
     /// Publishes an event of this instance (sealed with the secret, if any).
     pub async fn publish(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut Connection,
         kind: EventKind,
     ) -> Result<(), SessionError> {
         let event = Event::now(
@@ -126,7 +124,8 @@ impl Context {
             kind,
         );
         let payload = event.encode(self.config.secret.as_ref());
-        let _: i64 = conn.publish(self.keys.events(), payload).await?;
+        let publish = self.config.redis.publish(&self.keys.events(), &payload);
+        let _: i64 = publish.query_async(conn).await?;
         Ok(())
     }
 

@@ -7,8 +7,9 @@
 //! `client-output-buffer-limit pubsub` never bites because the socket is always drained. Measured
 //! under a flood: 12 MiB of resident memory before, 126 MiB after.
 //!
-//! So the subscription is a RESP3 connection (Redis 6 or later) whose push messages are handed
-//! over synchronously, in the connection task, to [`accept`]: it refuses at once what is too large
+//! So the subscription is a RESP3 connection (Redis 6 or later; sharded on a Cluster, see
+//! [`ebb_redis::subscription`]) whose push messages are handed over synchronously, in the
+//! connection task, to [`accept`]: it refuses at once what is too large
 //! to be a command and `try_send`s the rest into a bounded queue of [`super::COMMAND_QUEUE`]
 //! payloads, dropping (and counting) what does not fit. Nothing between the socket and the worker
 //! is unbounded. When the node cannot read as fast as Redis publishes, the backlog stays in
@@ -16,24 +17,26 @@
 //! (32 MB by default) Redis disconnects it: the session ends, and the commands half resubscribes
 //! and reconciles the desired state, while liveness goes on untouched on its own connection.
 //!
-//! The subscription is otherwise silent, so a task of its own pings on it every heartbeat
-//! interval: a paused or partitioned Redis ends the session instead of going unnoticed. (The
-//! answer queues behind whatever Redis has yet to send, so a subscriber that is far behind is
-//! noticed this way too.)
+//! The subscription is otherwise silent. A connection that is lost without a word (a host or
+//! a network gone, a partitioned master) is noticed by the liveness half's heartbeat, which
+//! fails on the same path and ends this session too, and at the latest by TCP keepalive on it
+//! ([`ebb_redis::link::SUBSCRIPTION_KEEPALIVE`]): the kernel's probes cost Redis nothing, where
+//! a `PING` every heartbeat doubled what each node costs it (two round trips per heartbeat
+//! instead of one, measured in `docs/benchmarks.md`, section 6). A subscriber far behind is
+//! cut off by Redis's own output-buffer limit, and a demoted master is seen through the
+//! sentinels' announcement or, on a Cluster, the server's unsubscribe.
 
 use super::context::{SessionError, timed};
 use crate::metrics::Metrics;
 use ebb_proto::command::MAX_COMMAND_BYTES;
-use redis::aio::MultiplexedConnection;
-use redis::{ProtocolVersion, PushInfo, PushKind, Value};
+use ebb_redis::{Connection, Pushed};
+use redis::PushInfo;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::time::{Instant, interval_at};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::AbortOnDropHandle;
 
 /// A payload from the command channel.
 #[derive(Debug)]
@@ -52,10 +55,8 @@ pub(crate) struct Inbox {
     dropped: Arc<AtomicU64>,
     /// Cancelled by the connection task when the connection is lost.
     lost: CancellationToken,
-    /// Pings the subscription; returns the first failure. Aborted with the inbox.
-    keepalive: AbortOnDropHandle<SessionError>,
     /// Holds the connection (and so the subscription) open.
-    _conn: MultiplexedConnection,
+    _conn: Connection,
 }
 
 /// What the connection task needs to hand a push over.
@@ -68,20 +69,13 @@ struct Handoff {
 }
 
 impl Inbox {
-    /// Subscribes to `channel` on a RESP3 connection of its own.
+    /// Subscribes to `channel` on a RESP3 connection of its own, made through `link`.
     pub async fn subscribe(
-        client: &redis::Client,
+        link: &ebb_redis::Link,
         channel: &str,
         metrics: Arc<Metrics>,
-        ping_every: Duration,
         limit: Duration,
     ) -> Result<Inbox, SessionError> {
-        let info = client.get_connection_info().clone();
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = redis::Client::open(info.set_redis_settings(resp3))?;
         let (queue_tx, queue) = mpsc::channel(super::COMMAND_QUEUE);
         let handoff = Handoff {
             queue: queue_tx,
@@ -90,26 +84,16 @@ impl Inbox {
             metrics,
         };
         let (dropped, lost) = (handoff.dropped.clone(), handoff.lost.clone());
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(limit))
-            .set_response_timeout(Some(limit))
-            .set_push_sender(move |push| {
-                accept(&handoff, push);
-                Ok::<(), std::convert::Infallible>(())
-            });
-        let mut conn = timed(
-            limit,
-            "pub/sub connect",
-            client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await?;
-        timed(limit, "SUBSCRIBE", conn.subscribe(channel)).await?;
-        let keepalive = tokio::spawn(keepalive(conn.clone(), ping_every, limit));
+        let sender = move |push| {
+            accept(&handoff, push);
+            Ok::<(), std::convert::Infallible>(())
+        };
+        let subscribe = link.subscribe_with(channel, sender, limit);
+        let conn = timed(limit, "SUBSCRIBE", subscribe).await?;
         Ok(Inbox {
             queue,
             dropped,
             lost,
-            keepalive: AbortOnDropHandle::new(keepalive),
             _conn: conn,
         })
     }
@@ -120,7 +104,6 @@ impl Inbox {
             biased;
             inbound = self.queue.recv() => inbound.ok_or(SessionError::PubSubClosed),
             () = self.lost.cancelled() => Err(SessionError::PubSubClosed),
-            failed = &mut self.keepalive => Err(failed.unwrap_or(SessionError::PubSubClosed)),
         }
     }
 
@@ -131,16 +114,16 @@ impl Inbox {
 }
 
 /// Called by the connection task for every push: queues a message's payload without waiting
-/// (or drops and counts it), notes a lost connection, ignores the rest (subscribe confirmations).
+/// (or drops and counts it), notes a lost subscription (the connection closed, or a Cluster
+/// moved the slot away), ignores the rest (subscribe confirmations).
 fn accept(handoff: &Handoff, push: PushInfo) {
-    match push.kind {
-        PushKind::Message => {}
-        PushKind::Disconnection => return handoff.lost.cancel(),
-        _ => return,
-    }
-    // [channel, payload]
-    let Some(Value::BulkString(payload)) = push.data.into_iter().nth(1) else {
-        return;
+    let payload = match ebb_redis::pushed(push) {
+        Pushed::Message(payload) => payload,
+        Pushed::Lost(why) => {
+            tracing::info!(why, "command subscription lost");
+            return handoff.lost.cancel();
+        }
+        Pushed::Other => return,
     };
     let inbound = if payload.len() > MAX_COMMAND_BYTES {
         Inbound::TooLarge(payload.len())
@@ -152,23 +135,6 @@ fn accept(handoff: &Handoff, push: PushInfo) {
         Err(TrySendError::Full(_)) => {
             handoff.dropped.fetch_add(1, Ordering::Relaxed);
             handoff.metrics.command_dropped();
-        }
-    }
-}
-
-/// Pings on the subscription's connection every `period`; returns the first failure.
-async fn keepalive(
-    mut conn: MultiplexedConnection,
-    period: Duration,
-    limit: Duration,
-) -> SessionError {
-    let mut tick = interval_at(Instant::now() + period, period);
-    let ping = redis::cmd("PING");
-    loop {
-        tick.tick().await;
-        if let Err(error) = timed(limit, "pub/sub PING", ping.query_async::<Value>(&mut conn)).await
-        {
-            return error;
         }
     }
 }

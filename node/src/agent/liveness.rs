@@ -9,7 +9,7 @@ use super::Retry;
 use super::context::{Context, Half, SessionError};
 use super::record;
 use ebb_proto::{EventKind, NodeState};
-use redis::aio::MultiplexedConnection;
+use ebb_redis::Connection;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
@@ -24,16 +24,17 @@ struct State {
 }
 
 /// Runs liveness sessions until stopped (after deregistering), backing off between failed ones.
-pub(crate) async fn supervise(client: redis::Client, cx: Arc<Context>) {
+pub(crate) async fn supervise(link: ebb_redis::Link, cx: Arc<Context>) {
     let mut state = State::default();
     let mut retry = Retry::new();
     loop {
-        let result = run(&client, &cx, &mut state).await;
+        let result = run(&link, &cx, &mut state).await;
         cx.set_connected(Half::Liveness, false);
         let error = match result {
             Ok(()) => return,
             Err(error) => error,
         };
+        cx.liveness_failures.send_modify(|n| *n += 1);
         if !retry
             .wait("liveness", &error, state.connected, &cx.stop)
             .await
@@ -46,7 +47,7 @@ pub(crate) async fn supervise(client: redis::Client, cx: Arc<Context>) {
 /// Writes the record in `state`; notes (and logs once) when a newer instance owns the name.
 async fn write_record(
     cx: &Context,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Connection,
     st: &mut State,
     state: NodeState,
 ) -> Result<(), SessionError> {
@@ -66,7 +67,7 @@ async fn write_record(
 /// A state change: the record, the event, and after a drain its report.
 async fn on_state(
     cx: &Context,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Connection,
     st: &mut State,
     state: NodeState,
 ) -> Result<(), SessionError> {
@@ -93,7 +94,7 @@ async fn on_state(
 /// A connection count worth telling (while not active).
 async fn on_count(
     cx: &Context,
-    conn: &mut MultiplexedConnection,
+    conn: &mut Connection,
     st: &mut State,
     state: NodeState,
 ) -> Result<(), SessionError> {
@@ -104,9 +105,13 @@ async fn on_count(
 }
 
 /// One session. `Ok` only after a requested stop (the record is removed first).
-async fn run(client: &redis::Client, cx: &Context, st: &mut State) -> Result<(), SessionError> {
+async fn run(link: &ebb_redis::Link, cx: &Context, st: &mut State) -> Result<(), SessionError> {
     st.connected = false;
-    let mut conn = cx.connect(client).await?;
+    // Through the link at every session: behind Sentinel, the master of the moment. After a
+    // switch the old master may take writes for a while before it is demoted (records written
+    // there are lost), so the session ends on the announcement, not on the first READONLY.
+    let mut switches = link.switches();
+    let mut conn = cx.connect().await?;
     // Appear once listening (a command sent on seeing the record is heard), but never wait for
     // the commands half longer than a Redis request may take.
     let _ = tokio::time::timeout(cx.config.redis_timeout, cx.listening.cancelled()).await;
@@ -167,17 +172,14 @@ async fn run(client: &redis::Client, cx: &Context, st: &mut State) -> Result<(),
                 last_count_event = Instant::now();
                 on_count(cx, &mut conn, st, current).await?;
             }
+            Ok(()) = switches.changed() => return Err(SessionError::MasterSwitched),
             () = cx.stop.cancelled() => return deregister(cx, &mut conn, st).await,
         }
     }
 }
 
 /// Removes the record (if this instance still owns it) and says so.
-async fn deregister(
-    cx: &Context,
-    conn: &mut MultiplexedConnection,
-    st: &State,
-) -> Result<(), SessionError> {
+async fn deregister(cx: &Context, conn: &mut Connection, st: &State) -> Result<(), SessionError> {
     if !st.superseded {
         record::remove(conn, &cx.keys, &cx.identity).await?;
     }

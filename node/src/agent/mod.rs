@@ -65,7 +65,8 @@ pub const DESIRED_REREAD_INTERVAL: Duration = Duration::from_secs(1);
 /// What the agent needs to know.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
-    pub redis_url: String,
+    /// Where Redis is (`--redis`, parsed once at the edge), and where connections come from.
+    pub redis: ebb_redis::Link,
     pub cluster: String,
     pub name: NodeName,
     /// The URL clients should use for this node.
@@ -85,9 +86,14 @@ pub struct AgentConfig {
 
 impl AgentConfig {
     /// A config with the default timings.
-    pub fn new(redis_url: String, cluster: String, name: NodeName, advertise_url: String) -> Self {
+    pub fn new(
+        redis: ebb_redis::Link,
+        cluster: String,
+        name: NodeName,
+        advertise_url: String,
+    ) -> Self {
         AgentConfig {
-            redis_url,
+            redis,
             cluster,
             name,
             advertise_url,
@@ -105,8 +111,6 @@ impl AgentConfig {
 /// A configuration the agent cannot run with.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("invalid Redis URL: {0}")]
-    RedisUrl(#[source] redis::RedisError),
     #[error("invalid cluster or node name: {0}")]
     Name(#[from] ebb_proto::NameError),
 }
@@ -130,7 +134,7 @@ impl Agent {
         control: Control,
         metrics: Arc<Metrics>,
     ) -> Result<Agent, AgentError> {
-        let client = client(&config.redis_url).map_err(AgentError::RedisUrl)?;
+        let link = config.redis.clone();
         let keys = Keys::new(&config.cluster)?;
         let instance = Uuid::new_v4();
         let stop = CancellationToken::new();
@@ -142,8 +146,8 @@ impl Agent {
             metrics,
             stop.clone(),
         ));
-        let liveness = tokio::spawn(liveness::supervise(client.clone(), context.clone()));
-        let commands = tokio::spawn(commands::supervise(client, context));
+        let liveness = tokio::spawn(liveness::supervise(link.clone(), context.clone()));
+        let commands = tokio::spawn(commands::supervise(link, context));
         Ok(Agent {
             instance,
             stop,
@@ -213,13 +217,4 @@ impl Retry {
             () = stop.cancelled() => false,
         }
     }
-}
-
-/// A client for `url` that sends no `CLIENT SETINFO` on connect: that command does not exist
-/// before Redis 7.2, so a node's ACL rules (`ebb acl`) cannot name it, and refused it would leave
-/// a denial in the ACL LOG for every connection.
-fn client(url: &str) -> redis::RedisResult<redis::Client> {
-    let info = redis::IntoConnectionInfo::into_connection_info(url)?;
-    let settings = info.redis_settings().clone().set_skip_set_lib_name();
-    redis::Client::open(info.set_redis_settings(settings))
 }

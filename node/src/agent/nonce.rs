@@ -31,7 +31,7 @@ pub(crate) fn ttl_ms(expires_at_ms: Option<u64>, now_ms: u64) -> u64 {
 
 /// Claims `nonce` until the command expires; `true` when this is its first use.
 pub(crate) async fn claim(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut ebb_redis::Connection,
     keys: &Keys,
     nonce: &str,
     expires_at_ms: Option<u64>,

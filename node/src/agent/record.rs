@@ -105,7 +105,7 @@ impl Identity {
 /// Writes the record (signed with `secret`) and refreshes its TTL; `false` when a newer instance
 /// owns the name.
 pub(crate) async fn write(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut ebb_redis::Connection,
     keys: &Keys,
     record: &NodeRecord,
     secret: Option<&Secret>,
@@ -130,7 +130,7 @@ pub(crate) async fn write(
 
 /// Removes the record if this instance owns it.
 pub(crate) async fn remove(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut ebb_redis::Connection,
     keys: &Keys,
     identity: &Identity,
 ) -> redis::RedisResult<bool> {

@@ -34,9 +34,15 @@ struct Args {
     /// Stable node name (default: the host name).
     #[arg(long, env = "EBB_NAME")]
     name: Option<String>,
-    /// Redis URL; without it the node runs standalone (signals and admin endpoint only).
-    #[arg(long, env = "EBB_REDIS_URL")]
-    redis: Option<String>,
+    /// Redis: redis://[user:password@]host[:port][/db], rediss:// for TLS,
+    /// redis+sentinel://[user:password@]h1:p1,h2:p2/<master>, redis+cluster://h1:p1,h2:p2;
+    /// without it the node runs standalone (signals and admin endpoint only).
+    #[arg(long, env = "EBB_REDIS_URL", hide_env_values = true, value_parser = ebb_redis::TargetParser)]
+    redis: Option<ebb_redis::RedisTarget>,
+    /// PEM file of the CA that signed the Redis servers' certificates (rediss:// only; default:
+    /// the system's roots).
+    #[arg(long, env = "EBB_REDIS_CA", requires = "redis")]
+    redis_ca: Option<std::path::PathBuf>,
     /// Cluster name (Redis key prefix).
     #[arg(long, env = "EBB_CLUSTER", default_value = ebb_proto::keys::DEFAULT_CLUSTER)]
     cluster: String,
@@ -198,7 +204,7 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let mut args = Args::parse();
     if args.ping_interval.is_zero()
         || args.drain_deadline.is_zero()
         || args.header_timeout.is_zero()
@@ -225,6 +231,17 @@ fn main() -> ExitCode {
             .error(ErrorKind::InvalidValue, format!("invalid --cluster: {e}"))
             .exit();
     }
+    // The link is made here, before the node listens, so what the agent could not connect to
+    // (a form this build does not connect yet, an unreadable CA file) is a usage error.
+    let link = args.redis.take().map(|target| {
+        let target =
+            ebb_redis::cli::with_ca(target, args.redis_ca.as_deref()).unwrap_or_else(|e| e.exit());
+        ebb_redis::Link::new(&target).unwrap_or_else(|e| {
+            Args::command()
+                .error(ErrorKind::InvalidValue, format!("--redis: {e}"))
+                .exit()
+        })
+    });
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
@@ -240,7 +257,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, name, secret)) {
+    match runtime.block_on(run(args, name, secret, link)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ebb-node: {e:#}");
@@ -253,6 +270,7 @@ async fn run(
     args: Args,
     name: NodeName,
     secret: Option<ebb_proto::sign::Secret>,
+    link: Option<ebb_redis::Link>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
     // Installed before anything is served, so a signal never meets the default action.
@@ -264,8 +282,8 @@ async fn run(
     let running = node.start(listener)?;
     tracing::info!(%name, addr = %running.local_addr(), "ebb-node listening");
     tokio::spawn(signals.drain_on_signals(running.control().clone()));
-    let agent = match &args.redis {
-        Some(url) => {
+    let agent = match link {
+        Some(link) => {
             let advertise_url = args.advertise_url.clone().unwrap_or_else(|| {
                 let addr = running.local_addr();
                 let host = if addr.ip().is_unspecified() {
@@ -275,12 +293,9 @@ async fn run(
                 };
                 format!("ws://{host}:{}/ws", addr.port())
             });
-            let mut config = AgentConfig::new(
-                url.clone(),
-                args.cluster.clone(),
-                name.clone(),
-                advertise_url,
-            );
+            let target = link.target().to_string();
+            let mut config =
+                AgentConfig::new(link, args.cluster.clone(), name.clone(), advertise_url);
             config.version = args.node_version.clone();
             // What the node enforces, not what was asked: the coordinator's headroom checks and
             // reconnect targets then use the numbers the node refuses by.
@@ -290,7 +305,7 @@ async fn run(
             config.ttl = args.record_ttl.into();
             let agent = Agent::spawn(config, running.control().clone(), metrics)
                 .context("cannot start the Redis agent")?;
-            tracing::info!(instance = %agent.instance(), cluster = %args.cluster, "Redis agent started");
+            tracing::info!(instance = %agent.instance(), cluster = %args.cluster, redis = %target, "Redis agent started");
             Some(agent)
         }
         None => None,

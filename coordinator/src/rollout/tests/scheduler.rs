@@ -151,3 +151,36 @@ fn forged_huge_capacities_cannot_overflow_the_sum() {
         Admission::Start { .. }
     ));
 }
+
+#[test]
+fn a_record_that_lapsed_this_run_is_waited_for_a_grace_then_stops_the_rollout() {
+    let [a, b] = ids();
+    let mut s = Script::new(&[("a", a, ACTIVE, 0), ("b", b, ACTIVE, 0)]);
+    let plan = runs(&["a", "b"]);
+    // (A record never seen by this run stops it at once: see the test above, node x.)
+    s.obs.last_seen.insert(n("a"), ms(1000));
+    s.obs.last_seen.insert(n("b"), ms(1000));
+    s.remove("a");
+    s.at(1000 + 14_000);
+    assert_eq!(
+        next(&plan, &s.obs, &Policy::default()),
+        Admission::Wait,
+        "a lapsed 14 s ago: a Redis failover, perhaps"
+    );
+    s.at(1000 + LAPSED_GRACE.as_millis() as u64);
+    assert_eq!(
+        next(&plan, &s.obs, &Policy::default()),
+        Admission::Abort(Abort::Missing { node: n("a") })
+    );
+    // The other check that fails for want of a lapsed record waits the same way.
+    let mut s = Script::new(&[("a", a, ACTIVE, 0), ("b", b, ACTIVE, 0)]);
+    s.obs.last_seen.insert(n("b"), ms(0));
+    s.remove("b");
+    s.at(2000);
+    assert_eq!(next(&plan, &s.obs, &Policy::default()), Admission::Wait);
+    s.at(LAPSED_GRACE.as_millis() as u64);
+    assert!(matches!(
+        next(&plan, &s.obs, &Policy::default()),
+        Admission::Abort(Abort::TooFewActive { .. })
+    ));
+}
