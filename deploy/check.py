@@ -141,6 +141,40 @@ def node_facts() -> tuple[float, dict[str, float], set[str]]:
 EXIT_WORK, DEFAULTS, KNOWN_VARS = node_facts()
 
 
+def agent_exit_work() -> float:
+    """What ebb-agent does after its app has exited (or been killed at the deadline)."""
+    value = rust_const(ROOT / "node/src/bin/ebb-agent/main.rs", "AGENT_SHUTDOWN")
+    if value is None:
+        skip("cannot read the agent's AGENT_SHUTDOWN from its sources; assuming 3s")
+        return 3.0
+    return value
+
+
+AGENT_EXIT_WORK = agent_exit_work()
+
+
+def check_agent_numbers(where: str, env: dict[str, str], kill_after: float, kill_name: str) -> None:
+    """kill_after > the agent's drain deadline + its exit work."""
+    try:
+        deadline = seconds(env.get("EBB_DRAIN_DEADLINE", DEFAULTS["EBB_DRAIN_DEADLINE"]))
+    except ValueError as e:
+        fail(f"{where}: {e}")
+        return
+    need = deadline + AGENT_EXIT_WORK
+    if kill_after > need:
+        ok(f"{where}: {kill_name} {fmt(kill_after)} > EBB_DRAIN_DEADLINE {fmt(deadline)}"
+           f" + agent exit work {fmt(AGENT_EXIT_WORK)} = {fmt(need)}")
+    else:
+        fail(f"{where}: {kill_name} {fmt(kill_after)} must exceed EBB_DRAIN_DEADLINE"
+             f" {fmt(deadline)} + agent exit work {fmt(AGENT_EXIT_WORK)} = {fmt(need)}: the"
+             " agent would be killed before it reports and deregisters")
+
+
+def agent_app(words: list[str]) -> list[str]:
+    """The app of an `ebb-agent [flags] -- APP...` command line (empty when there is none)."""
+    return words[words.index("--") + 1:] if "--" in words else []
+
+
 def check_numbers(where: str, env: dict[str, str], kill_after: float, kill_name: str) -> None:
     """kill_after > deadline + exit work, and the paced schedule fits in the deadline."""
     try:
@@ -234,6 +268,53 @@ def pod_spec(doc: dict) -> dict | None:
 
 def pod_labels(doc: dict) -> dict:
     return doc.get("spec", {}).get("template", {}).get("metadata", {}).get("labels", {}) or {}
+
+
+def is_agent_container(container: dict) -> bool:
+    """A container whose entrypoint is ebb-agent, wrapping an app."""
+    command = container.get("command") or []
+    return bool(command) and command[0].endswith("ebb-agent")
+
+
+def check_agent_container(where: str, container: dict, spec: dict, env: dict, names: set) -> None:
+    """ebb-agent as a container's entrypoint: named by the pod, told where the app is, with an
+    app after `--`, ready on the app's /health, and a grace period above its deadline."""
+    words = (container.get("command") or []) + (container.get("args") or [])
+    app = agent_app(words)
+    if app:
+        ok(f"{where}: ebb-agent runs the app {' '.join(app)!r} as its child")
+    elif "--pid" in words:
+        fail(f"{where}: --pid attaches to a process in the same container: there is none")
+    else:
+        fail(f"{where}: ebb-agent needs the app after `--` in its command or args")
+    given = names | {w.split("=", 1)[0] for w in words if w.startswith("--")}
+    for need, flag in (("EBB_NAME", "--name"), ("EBB_REDIS_URL", "--redis"),
+                       ("EBB_SECRET", "--secret"), ("EBB_ADVERTISE_URL", "--advertise-url"),
+                       ("EBB_HEALTH_URL", "--health-url")):
+        if need not in given and flag not in given:
+            fail(f"{where}: sets neither {need} nor {flag}")
+    name_ref = next((v for v in container.get("env", []) if v["name"] == "EBB_NAME"), {})
+    if (name_ref.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") == "metadata.name":
+        ok(f"{where}: EBB_NAME is the pod name (downward API)")
+    else:
+        fail(f"{where}: EBB_NAME should come from metadata.name (downward API)")
+    health = env.get("EBB_HEALTH_URL", "")
+    m = re.fullmatch(r"http://(127\.0\.0\.1|localhost):(\d+)(/.*)", health)
+    readiness = (container.get("readinessProbe") or {}).get("httpGet") or {}
+    ports = {p.get("name"): p.get("containerPort") for p in container.get("ports", []) or []}
+    probe_port = ports.get(readiness.get("port"), readiness.get("port"))
+    if m and readiness.get("path") == m.group(3) and str(probe_port) == m.group(2):
+        ok(f"{where}: the readiness probe and the agent read the same health URL ({health})")
+    else:
+        fail(f"{where}: readinessProbe httpGet {readiness} and EBB_HEALTH_URL {health!r} must"
+             " name the app's own /health on the pod (127.0.0.1) and the same port")
+    liveness = (container.get("livenessProbe") or {}).get("httpGet") or {}
+    if liveness.get("path") == readiness.get("path") and liveness:
+        fail(f"{where}: a livenessProbe on the health URL would kill a draining app (503)")
+    grace = spec.get("terminationGracePeriodSeconds", 30)
+    check_agent_numbers(where, env, float(grace), "terminationGracePeriodSeconds")
+    if spec.get("enableServiceLinks") is not False:
+        fail(f"{where}: set enableServiceLinks: false (Service env vars land in the app's env)")
 
 
 def is_node_container(container: dict, names: set[str]) -> bool:
@@ -330,6 +411,7 @@ def check_kubernetes() -> None:
 
     workloads = [(p, d) for p, d in objects if pod_spec(d) is not None]
     node_workloads = 0
+    agent_workloads = 0
     for path, doc in workloads:
         where = f"{rel(path)}: {doc['kind']}/{doc['metadata']['name']}"
         spec = pod_spec(doc) or {}
@@ -359,6 +441,10 @@ def check_kubernetes() -> None:
                     if secret is None or ref["key"] not in data:
                         fail(f"{cwhere}: needs Secret key {ref['name']}/{ref['key']},"
                              " which secret.example.yaml does not show")
+            if is_agent_container(container):
+                agent_workloads += 1
+                check_agent_container(cwhere, container, spec, env, names)
+                continue
             if not is_node_container(container, names):
                 args = " ".join(container.get("args") or [])
                 if "rolling-restart" in args:
@@ -395,6 +481,8 @@ def check_kubernetes() -> None:
                         fail(f"{where}: {probe} uses port {port!r}, which no container names")
     if node_workloads == 0:
         fail("deploy/k8s: no ebb-node workload found")
+    if agent_workloads == 0:
+        fail("deploy/k8s: no workload with ebb-agent as its entrypoint (ws-app-agent.yaml)")
 
     # Services and PodDisruptionBudgets select some workload's pods, on ports those pods name.
     for kind in ("Service", "PodDisruptionBudget"):
@@ -776,6 +864,55 @@ def check_systemd() -> None:
         else:
             fail(f"{rel(rollout)}: expected Type=oneshot and ExecStart=... ebb rolling-restart")
     check_serve_systemd()
+    check_agent_systemd()
+
+
+def check_agent_systemd() -> None:
+    unit = DEPLOY / "systemd/ebb-agent@.service"
+    where = rel(unit)
+    if not unit.exists():
+        fail(f"{where} is missing")
+        return
+    s = unit_settings(unit)
+    words = shlex.split(" ".join(s.get("ExecStart", [])))
+    if words and words[0].endswith("ebb-agent") and "--name" in words and "%i" in words:
+        ok(f"{where}: ExecStart runs ebb-agent --name %i")
+    else:
+        fail(f"{where}: ExecStart must run ebb-agent --name %i")
+    app = agent_app(words)
+    if app and app[0].startswith("/"):
+        ok(f"{where}: the app {' '.join(app)!r} is the agent's child (an absolute path)")
+    else:
+        fail(f"{where}: ExecStart needs the app after `--`, by its absolute path")
+    for key, want in (("Restart", "always"), ("KillSignal", "SIGTERM"), ("KillMode", "mixed")):
+        if s.get(key, [""])[-1] == want:
+            ok(f"{where}: {key}={want}")
+        else:
+            fail(f"{where}: {key} must be {want} (the agent drains the app; systemd must not"
+                 " signal the app behind its back)")
+    if s.get("MemoryDenyWriteExecute", ["no"])[-1] in ("yes", "true", "1"):
+        fail(f"{where}: MemoryDenyWriteExecute breaks JIT runtimes (Node.js, the JVM)")
+    files = s.get("EnvironmentFile", [])
+    if any("common.env" in f for f in files) and any("%i" in f for f in files):
+        ok(f"{where}: EnvironmentFile common.env and %i.env")
+    else:
+        fail(f"{where}: expected EnvironmentFile=/etc/ebb/common.env and /etc/ebb/%i.env")
+    example = DEPLOY / "systemd/agent.env.example"
+    env = read_env_file(DEPLOY / "systemd/common.env.example")
+    if example.exists():
+        own = read_env_file(example)
+        check_var_names(rel(example), own.keys())
+        env.update(own)
+        for need in ("EBB_ADVERTISE_URL", "EBB_HEALTH_URL"):
+            if need not in env:
+                fail(f"{rel(example)}: does not set {need}")
+    else:
+        fail(f"{rel(example)} is missing")
+    timeout = s.get("TimeoutStopSec") or s.get("TimeoutSec")
+    if not timeout:
+        fail(f"{where}: no TimeoutStopSec")
+        return
+    check_agent_numbers(f"{where} with common.env", env, seconds(timeout[-1]), "TimeoutStopSec")
 
 
 # ---- Dockerfile -----------------------------------------------------------------------------
@@ -913,10 +1050,10 @@ def check_dockerfile() -> None:
         if f"-p {package}" not in builds:
             fail(f"{where}: no `cargo build ... -p {package}`")
     copies = " ".join(a for s in final for _, w, a in s["lines"] if w == "COPY")
-    if "/out/ebb " in copies + " " and "/out/ebb-node" in copies:
-        ok(f"{where}: ebb-node and the ebb CLI are installed")
+    if "/out/ebb " in copies + " " and "/out/ebb-node" in copies and "/out/ebb-agent" in copies:
+        ok(f"{where}: ebb-node, ebb-agent and the ebb CLI are installed")
     else:
-        fail(f"{where}: the default target must carry both ebb-node and ebb")
+        fail(f"{where}: the default target must carry ebb-node, ebb-agent and ebb")
     if any(w == "RUN" and ("kubectl" in a or "curl" in a) for s in stages for _, w, a in s["lines"]):
         fail(f"{where}: downloads something besides crates (the legacy builder builds every stage)")
 

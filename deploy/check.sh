@@ -16,10 +16,14 @@
 #                    service ebb-serve, systemd/ebb-serve.service): 2+ replicas, listening where
 #                    its readiness probe (/api/status), Service or published port point, --redis
 #                    from config, secret and API token from a Secret or the caller's environment
-#                    (never the file), restarted after any exit; Dockerfile structure
-#   docker           Docker's own parser on deploy/Dockerfile and Dockerfile.kubectl (the legacy
-#                    builder parses the whole file before it would pull anything; asked for a
-#                    missing target, it stops there)
+#                    (never the file), restarted after any exit; ebb-agent
+#                    (k8s/ws-app-agent.yaml, systemd/ebb-agent@.service): the app after `--`, the
+#                    pod's name, probe and agent on the same health URL, KillMode=mixed, the kill
+#                    timeout above the agent's EBB_DRAIN_DEADLINE + its exit work; Dockerfile
+#                    structure
+#   docker           Docker's own parser on deploy/Dockerfile, Dockerfile.kubectl and
+#                    examples/node-ws/Dockerfile (the legacy builder parses the whole file
+#                    before it would pull anything; asked for a missing target, it stops there)
 #   docker-compose   `config` of deploy/compose.yaml with the default image names
 #   haproxy          `haproxy -c` of deploy/compose/haproxy.cfg
 #   systemd-analyze  `verify` of the units (ExecStart pointed at stand-in binaries)
@@ -107,7 +111,7 @@ if ! have docker || ! docker info >/dev/null 2>&1; then
     skip "Dockerfile parse: no Docker engine answers"
 else
     mkdir -p "$work/empty-context"
-    for dockerfile in deploy/Dockerfile deploy/Dockerfile.kubectl; do
+    for dockerfile in deploy/Dockerfile deploy/Dockerfile.kubectl examples/node-ws/Dockerfile; do
         [ -f "$dockerfile" ] || continue
         out=$(DOCKER_BUILDKIT=0 docker build -f "$dockerfile" --target __ebb_parse_check__ \
             "$work/empty-context" 2>&1)
@@ -165,6 +169,7 @@ else
     mkdir -p "$work/bin" "$work/units"
     cp "$(type -P true)" "$work/bin/ebb-node"
     cp "$(type -P true)" "$work/bin/ebb"
+    cp "$(type -P true)" "$work/bin/ebb-agent"
     for unit in deploy/systemd/*.service; do
         sed "s#/usr/local/bin/#$work/bin/#g" "$unit" >"$work/units/$(basename "$unit")"
     done

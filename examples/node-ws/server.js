@@ -7,16 +7,18 @@
 //   ebb-agent --name app-1 --advertise-url ws://127.0.0.1:8080/ \
 //             --health-url http://127.0.0.1:8080/health -- node examples/node-ws/server.js
 //
-// Also: GET /metrics (Prometheus text, `app_connections`) and POST /drain (the same drain as
-// SIGTERM), for ebb-agent's --metrics-url and --drain-url. For the tests: HEALTH_GARBAGE=1
-// makes /health answer something that is not a count; IGNORE_SIGTERM=1 leaves POST /drain as
-// the only way to drain it.
+// PORT and HOST (default 127.0.0.1) say where it listens. Also: GET /metrics (Prometheus
+// text, `app_connections`) and POST /drain (the same drain as SIGTERM), for ebb-agent's
+// --metrics-url and --drain-url. For the tests: HEALTH_GARBAGE=1 makes /health answer
+// something that is not a count; IGNORE_SIGTERM=1 leaves POST /drain (or the agent's
+// --drain-deadline) as the only way to end it.
 'use strict';
 module.paths.push('/usr/share/nodejs'); // where Debian's node-ws lives
 const http = require('http');
 const WebSocket = require('ws');
 
 const PORT = Number(process.env.PORT || 8080);
+const HOST = process.env.HOST || '127.0.0.1';
 const CLOSE_TIMEOUT_MS = 5000;
 const clients = new Set();
 let shuttingDown = false;
@@ -85,4 +87,4 @@ async function gracefulShutdown(signal) {
 
 process.on('SIGTERM', () => process.env.IGNORE_SIGTERM || gracefulShutdown('SIGTERM'));
 process.on('SIGINT', () => gracefulShutdown('SIGINT'));
-httpServer.listen(PORT, '127.0.0.1', () => console.error(`listening on ${PORT}`));
+httpServer.listen(PORT, HOST, () => console.error(`listening on ${HOST}:${PORT}`));

@@ -7,8 +7,9 @@
 //! a fleet of three such apps, each under a restart-on-exit supervisor, is rolled by `ebb
 //! rolling-restart` with live clients.
 
+use ebb_proto::EventKind;
 use ebb_proto::Keys;
-use ebb_tests::fleet::ebb;
+use ebb_tests::fleet::{EventLog, ebb};
 use ebb_tests::process::Proc;
 use ebb_tests::readiness::{self, Readiness};
 use ebb_tests::redis::Redis;
@@ -17,8 +18,10 @@ use ebb_tests::traffic::Traffic;
 use ebb_tests::ws::{Client, Seen};
 use ebb_tests::{eventually, node_name};
 use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use redis::AsyncCommands;
 use std::collections::HashMap;
+use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -39,6 +42,16 @@ fn agent(redis: &Redis, name: &str, port: u16, extra: &[&str], env: &[(&str, &st
 }
 
 fn agent_at(url: &str, name: &str, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut args = agent_args(url, name, port, extra);
+    args.extend(["--".to_owned(), "node".to_owned(), server_js()]);
+    let port = port.to_string();
+    let mut env = env.to_vec();
+    env.push(("PORT", &port));
+    spawn_agent(&args, &env)
+}
+
+/// The agent's flags for node `name` of an app on `port`, without the app.
+fn agent_args(url: &str, name: &str, port: u16, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "--redis",
         url,
@@ -61,16 +74,46 @@ fn agent_at(url: &str, name: &str, port: u16, extra: &[&str], env: &[(&str, &str
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(["--".to_owned(), "node".to_owned(), server_js()]);
-    let port = port.to_string();
-    let mut env = env.to_vec();
-    env.push(("PORT", &port));
+    args
+}
+
+fn spawn_agent(args: &[String], env: &[(&str, &str)]) -> Proc {
     Proc::spawn_with_env(
         &ebb_tests::bin::path("ebb-agent"),
-        &args,
+        args,
         Default::default(),
-        &env,
+        env,
     )
+}
+
+/// The Node.js server on `port`, started by the test (not by an agent).
+fn app(port: u16) -> Proc {
+    let port = port.to_string();
+    Proc::spawn_with_env(
+        std::path::Path::new("node"),
+        &[server_js()],
+        Default::default(),
+        &[("PORT", &port)],
+    )
+}
+
+/// The pid of the app an agent runs, from its "app healthy" line.
+async fn app_pid(agent: &Proc) -> Pid {
+    let line = agent.wait_log("app healthy", SECS(5)).await;
+    line.split("pid=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .map(Pid::from_raw)
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
+/// Whether `pid` is a live process (a zombie waiting for its reaper is not).
+fn alive(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !matches!(state.and_then(|s| s.chars().next()), Some('Z' | 'X'))
+    })
 }
 
 async fn record(redis: &Redis, name: &str) -> HashMap<String, String> {
@@ -217,14 +260,8 @@ async fn then_stay_is_refused_and_the_app_dying_on_its_own_is_lost_not_drained()
 
     // The app killed under the agent: the agent exits with its status and leaves the record to
     // expire (no `drained`, no deregistration).
-    let line = agent.wait_log("app healthy", SECS(5)).await;
-    let pid: i32 = line
-        .split("pid=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {line:?}"));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let pid = app_pid(&agent).await;
+    nix::sys::signal::kill(pid, Signal::SIGKILL).unwrap();
     let status = agent.wait(SECS(10)).await;
     assert_eq!(status.code(), Some(128 + 9), "{:#?}", agent.logs());
     // Its last words may still be on their way through the pipe after the exit.
@@ -235,6 +272,154 @@ async fn then_stay_is_refused_and_the_app_dying_on_its_own_is_lost_not_drained()
         Some("active"),
         "{left:?}"
     );
+}
+
+#[tokio::test]
+async fn an_agent_killed_with_sigkill_takes_its_app_down_with_a_graceful_drain() {
+    let redis = Redis::run().await;
+    let port = free_port();
+    let mut agent = agent(&redis, "n1", port, &[], &[]);
+    wait_count(&redis, "n1", "0").await;
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        clients.push(Client::connect(&format!("ws://127.0.0.1:{port}/")).await);
+    }
+    wait_count(&redis, "n1", "2").await;
+    let pid = app_pid(&agent).await;
+    agent.signal(Signal::SIGKILL);
+    assert_eq!(agent.wait(SECS(5)).await.signal(), Some(9));
+    // The kernel sent the app its drain signal: it closes its clients cleanly and exits.
+    for client in &mut clients {
+        let (_, close, _) = client.until_close(SECS(10)).await;
+        assert!(matches!(close, Seen::Close(Some((1001, _)))), "{close:?}");
+    }
+    eventually("the orphaned app gone", SECS(15), || async {
+        (!alive(pid)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_app_still_running_at_its_drain_deadline_is_killed_and_its_clients_counted_forced() {
+    let redis = Redis::run().await;
+    let events = EventLog::start(redis.url(), CLUSTER).await;
+    let port = free_port();
+    // The app ignores its drain signal: only the deadline ends it.
+    let mut agent = agent(
+        &redis,
+        "n1",
+        port,
+        &["--drain-deadline", "2s"],
+        &[("IGNORE_SIGTERM", "1")],
+    );
+    wait_count(&redis, "n1", "0").await;
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        clients.push(Client::connect(&format!("ws://127.0.0.1:{port}/")).await);
+    }
+    wait_count(&redis, "n1", "2").await;
+    let started = std::time::Instant::now();
+    let (code, _, logs) = ebb(redis.url(), CLUSTER, &["drain", "n1"], SECS(10)).await;
+    assert_eq!(code, 0, "{logs:?}");
+    assert_eq!(
+        agent.wait(SECS(15)).await.code(),
+        Some(128 + 9),
+        "{:#?}",
+        agent.logs()
+    );
+    assert!(started.elapsed() >= SECS(2), "not before its deadline");
+    agent.wait_log("drain deadline; killing it", SECS(5)).await;
+    let drained = eventually("the drained event", SECS(5), || async {
+        events.events().into_iter().find_map(|(_, e)| match e.kind {
+            EventKind::Drained { clean, forced, .. } => Some((clean, forced)),
+            _ => None,
+        })
+    })
+    .await;
+    assert_eq!(drained, (0, 2), "both clients were still there: forced");
+    assert!(
+        record(&redis, "n1").await.is_empty(),
+        "deregistered all the same"
+    );
+}
+
+#[tokio::test]
+async fn attached_with_pid_the_agent_drains_a_process_it_did_not_start() {
+    let redis = Redis::run().await;
+    let port = free_port();
+    let mut server = app(port);
+    let pid = server.pid().to_string();
+    let mut args = agent_args(redis.url(), "n1", port, &[]);
+    args.extend(["--pid".to_owned(), pid.clone()]);
+    let mut agent = spawn_agent(&args, &[]);
+    wait_count(&redis, "n1", "0").await;
+    let mut client = Client::connect(&format!("ws://127.0.0.1:{port}/")).await;
+    wait_count(&redis, "n1", "1").await;
+    let (code, _, logs) = ebb(redis.url(), CLUSTER, &["drain", "n1", "--wait"], SECS(30)).await;
+    assert_eq!(code, 0, "{logs:?}");
+    let (_, close, _) = client.until_close(SECS(10)).await;
+    assert!(matches!(close, Seen::Close(Some((1001, _)))), "{close:?}");
+    // The app's status goes to its own parent (here, the test); the agent's is 0: drained.
+    assert_eq!(server.wait(SECS(15)).await.code(), Some(0));
+    assert_eq!(
+        agent.wait(SECS(15)).await.code(),
+        Some(0),
+        "{:#?}",
+        agent.logs()
+    );
+    assert!(record(&redis, "n1").await.is_empty(), "deregistered");
+
+    // Attached to a process that then dies on its own: lost, exit 1, the record left to expire.
+    let mut server = app(port);
+    let mut args = agent_args(redis.url(), "n2", port, &[]);
+    args.extend(["--pid".to_owned(), server.pid().to_string()]);
+    let mut agent = spawn_agent(&args, &[]);
+    wait_count(&redis, "n2", "0").await;
+    server.signal(Signal::SIGKILL);
+    server.wait(SECS(5)).await;
+    assert_eq!(
+        agent.wait(SECS(10)).await.code(),
+        Some(1),
+        "{:#?}",
+        agent.logs()
+    );
+    agent.wait_log("reported as lost", SECS(5)).await;
+    assert_eq!(
+        record(&redis, "n2").await["state"],
+        "active",
+        "not deregistered"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_pid_is_refused_with_a_clear_error() {
+    let redis = Redis::run().await;
+    let base = agent_args(redis.url(), "n1", free_port(), &[]);
+    let with = |extra: &[&str]| {
+        let mut args = base.clone();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    // Not a process, not one to attach to, or both ways at once: refused before Redis is used.
+    for (extra, code, says) in [
+        (&["--pid", "2147483647"][..], 1, "no such process"),
+        (&["--pid", "1"], 2, "--pid"),
+        (&["--pid", "0"], 2, "--pid"),
+        (&["--pid=-5"], 2, "--pid"),
+        (&["--pid", "12; rm -rf /"], 2, "--pid"),
+        (
+            &["--pid", "42", "--", "node", "x.js"],
+            2,
+            "cannot be used with",
+        ),
+        (&[], 2, "required"),
+    ] {
+        let mut agent = spawn_agent(&with(extra), &[]);
+        assert_eq!(agent.wait(SECS(10)).await.code(), Some(code), "{extra:?}");
+        // Its last words may still be on their way through the pipe after the exit.
+        agent.wait_log(says, SECS(5)).await;
+    }
+    assert!(record(&redis, "n1").await.is_empty(), "never registered");
 }
 
 /// One app name under a restart-on-exit supervisor: `ebb-agent` and its app, started again on

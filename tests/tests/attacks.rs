@@ -9,7 +9,7 @@
 
 use ebb_proto::command::Then;
 use ebb_proto::{Event, EventKind, Keys, NodeState};
-use ebb_tests::fleet::{wait_holding, Supervised, ebb, ebb_spawn, node_args};
+use ebb_tests::fleet::{Supervised, ebb, ebb_spawn, node_args, wait_holding};
 use ebb_tests::readiness::{self, Readiness};
 use ebb_tests::redis::Redis;
 use ebb_tests::traffic::Traffic;

@@ -4,7 +4,7 @@
 //! left in the desired state, and a corrupted saved state is refused, not panicked on.
 
 use ebb_tests::containers::report_of;
-use ebb_tests::fleet::{wait_holding, EventLog, Supervised, ebb, ebb_spawn, node_args};
+use ebb_tests::fleet::{EventLog, Supervised, ebb, ebb_spawn, node_args, wait_holding};
 use ebb_tests::readiness::{self, Readiness};
 use ebb_tests::redis::Redis;
 use ebb_tests::traffic::Traffic;
@@ -169,7 +169,8 @@ async fn kill_9_while(phase: &str, setup: Setup) {
     let samples = readiness.stop().await;
     assert!(
         readiness::most_out(&samples) <= 1,
-        "two nodes out at once: {samples:?}"
+        "two nodes out at once: {:?}",
+        samples.iter().map(readiness::out).collect::<Vec<_>>()
     );
     events.stop().await;
     let drains = events.drains_per_node();

@@ -6,7 +6,7 @@
 
 use ebb_proto::{EventKind, Keys, NodeState};
 use ebb_tests::containers::report_of;
-use ebb_tests::fleet::{wait_holding, EventLog, Supervised, ebb, ebb_spawn, node_args};
+use ebb_tests::fleet::{EventLog, Supervised, ebb, ebb_spawn, node_args, wait_holding};
 use ebb_tests::readiness::{self, Readiness};
 use ebb_tests::redis::Redis;
 use ebb_tests::traffic::Traffic;

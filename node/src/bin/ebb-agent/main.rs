@@ -10,14 +10,29 @@
 //! - a `drain` command (or SIGTERM/SIGINT to the agent) sends the app `--drain-signal` (or
 //!   POSTs `--drain-url`); the agent follows the count until the app exits, then reports
 //!   `drained`, deregisters and exits with the app's status, so a supervisor restarts the pair;
+//! - an app still running `--drain-deadline` after its drain began is killed (SIGKILL) and
+//!   its last count reported as forced, so the agent deregisters and exits before a
+//!   supervisor's own kill timeout (systemd's TimeoutStopSec, Kubernetes' grace period) would
+//!   kill the pair mid-report;
 //! - a health endpoint that stops answering while the app shuts down is "count unknown", never
 //!   zero: the last count stands until the process is gone;
 //! - the app exiting on its own is reported as lost (no `drained`, no deregistration: the
 //!   record expires), and an app that never answers its health check with a count is an error,
 //!   not a registration with a made-up count.
 //!
+//! - the app is tied to the agent ([`app`]): an agent that dies (even by SIGKILL) takes its app
+//!   down with its drain signal, never leaving it running unregistered; or, with `--pid`, the
+//!   agent attaches to a process started by someone else.
+//!
 //! Exit codes: the app's (128 + signal when a signal ended it), 1 when the app never became
-//! healthy or could not be started, 2 for bad flags.
+//! healthy or could not be started, 2 for bad flags. Attached, 0 when the process drained and
+//! 1 when it ended on its own.
+
+mod app;
+mod probe;
+
+use app::App;
+use probe::{Health, HttpUrl, Probe};
 
 use clap::{CommandFactory, Parser, error::ErrorKind};
 use ebb_node::agent::{Agent, AgentConfig};
@@ -28,16 +43,11 @@ use nix::unistd::Pid;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::process::Child;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 /// How long deregistering from Redis may take at exit.
 const AGENT_SHUTDOWN: Duration = Duration::from_secs(3);
-/// How long one health request may take.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-/// The largest health answer read.
-const HEALTH_MAX_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -45,7 +55,7 @@ const HEALTH_MAX_BYTES: usize = 64 * 1024;
     version,
     about = "Registers a WebSocket server of any language with ebb and drains it on command"
 )]
-struct Args {
+pub struct Args {
     /// Redis: redis://, rediss://, redis+sentinel://, redis+cluster:// (as ebb-node).
     #[arg(long, env = "EBB_REDIS_URL", hide_env_values = true, value_parser = ebb_redis::TargetParser)]
     redis: ebb_redis::RedisTarget,
@@ -80,6 +90,9 @@ struct Args {
     /// POST this URL to make the app drain and exit, instead of sending it a signal.
     #[arg(long)]
     drain_url: Option<String>,
+    /// The app's whole drain, from the drain signal to its exit; then it is killed.
+    #[arg(long, env = "EBB_DRAIN_DEADLINE", default_value = "30s")]
+    drain_deadline: humantime::Duration,
     /// How often the health endpoint is read.
     #[arg(long, default_value = "500ms")]
     poll_interval: humantime::Duration,
@@ -95,8 +108,12 @@ struct Args {
     /// How long the Redis record outlives the last heartbeat.
     #[arg(long, default_value = "10s")]
     record_ttl: humantime::Duration,
+    /// Attach to this running process instead of starting the app: the agent drains it and
+    /// follows it, but its supervisor is whoever started it.
+    #[arg(long, conflicts_with = "command", value_parser = clap::value_parser!(i32).range(2..))]
+    pid: Option<i32>,
     /// The app and its arguments.
-    #[arg(last = true, required = true, num_args = 1..)]
+    #[arg(last = true, required_unless_present = "pid", num_args = 1..)]
     command: Vec<String>,
 }
 
@@ -118,6 +135,9 @@ fn usage(message: String) -> ! {
 }
 
 fn main() -> ExitCode {
+    if let Some(guarded) = app::guard_requested() {
+        app::guard(guarded);
+    }
     let args = Args::parse();
     let name = NodeName::parse(&args.name).unwrap_or_else(|e| usage(format!("--name: {e}")));
     if let Err(e) = ebb_proto::Keys::new(&args.cluster) {
@@ -171,16 +191,16 @@ async fn run(
     probe: Probe,
     drainer: Drainer,
 ) -> anyhow::Result<u8> {
-    let mut child = tokio::process::Command::new(&args.command[0])
-        .args(&args.command[1..])
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start {:?}: {e}", args.command[0]))?;
-    let pid = Pid::from_raw(child.id().map_or(0, |id| id as i32));
-    let count = match wait_healthy(&probe, &args, &mut child).await {
+    // On this thread (the one `block_on` runs): the app's death signal is tied to it.
+    let mut app = match args.pid {
+        Some(pid) => App::attach(pid)?,
+        None => App::spawn(&args.command, drainer.death_signal())?,
+    };
+    let pid = app.pid();
+    let count = match wait_healthy(&probe, &args, &mut app).await {
         Ok(count) => count,
         Err(e) => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
+            app.stop().await;
             return Err(e);
         }
     };
@@ -192,16 +212,23 @@ async fn run(
     config.heartbeat = args.heartbeat_interval.into();
     config.ttl = args.record_ttl.into();
     let agent = Agent::spawn(config, control, Arc::new(Metrics::default()))?;
-    tracing::info!(app = %args.command[0], pid = pid.as_raw(), connections = count, "app healthy; registered through the Redis agent");
+    let what = args.command.first().map_or("attached", String::as_str);
+    tracing::info!(
+        app = what,
+        pid = pid.as_raw(),
+        connections = count,
+        "app healthy; registered through the Redis agent"
+    );
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut poll = tokio::time::interval(args.poll_interval.into());
-    let mut drain: Option<(Instant, String, u64)> = None;
+    let mut drain: Option<Draining> = None;
+    let deadline = Duration::from(args.drain_deadline);
     let mut unknown_logged = false;
-    let status = loop {
+    let ended = loop {
         tokio::select! {
-            status = child.wait() => break status?,
+            ended = app.ended() => break ended?,
             request = driver.next() => match request {
                 Some(Request::Drain(request)) if request.then == Then::Stay => tracing::warn!(
                     trigger = %request.trigger,
@@ -222,6 +249,11 @@ async fn run(
                 }
                 None => {}
             },
+            _ = past(drain.as_ref().filter(|d| d.forced.is_none()).map(|d| d.started + deadline)) => {
+                if let Some(draining) = drain.as_mut() {
+                    force(draining, &driver, pid, deadline);
+                }
+            }
             _ = sigterm.recv() => start_drain(&mut drain, &driver, pid, &drainer, "SIGTERM").await,
             _ = sigint.recv() => start_drain(&mut drain, &driver, pid, &drainer, "SIGINT").await,
             _ = poll.tick() => match probe.read().await {
@@ -250,26 +282,62 @@ async fn run(
             },
         }
     };
-    let code = exit_code(&status);
-    let Some((started, trigger, before)) = drain else {
+    let code = ended.code(drain.is_some());
+    let Some(Draining {
+        started,
+        trigger,
+        before,
+        forced,
+    }) = drain
+    else {
         // Lost, not drained: no `drained` and no deregistration, the record expires.
-        tracing::error!(%status, "the app exited on its own; reported as lost, not drained");
+        tracing::error!(%ended, "the app exited on its own; reported as lost, not drained");
         return Ok(code);
     };
+    let deadline_hit = forced.is_some();
+    let forced = forced.unwrap_or(0);
     driver.report(DrainReport {
         trigger,
         then: Then::Exit,
         connections: before,
-        clean: before,
-        forced: 0,
+        clean: before.saturating_sub(forced),
+        forced,
         duration: started.elapsed(),
-        deadline_hit: false,
+        deadline_hit,
     });
     driver.set_connections(0);
     driver.set_state(NodeState::Drained);
-    tracing::info!(%status, "the app drained and exited; deregistering");
+    tracing::info!(%ended, "the app drained and exited; deregistering");
     agent.shutdown(AGENT_SHUTDOWN).await;
     Ok(code)
+}
+
+/// A drain under way.
+struct Draining {
+    started: Instant,
+    trigger: String,
+    /// The count when it began.
+    before: u64,
+    /// The count when the deadline killed the app, if it did.
+    forced: Option<u64>,
+}
+
+/// Waits until `at`; forever when there is nothing to wait for.
+async fn past(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The deadline passed with the app still running: kill it, and count what it held as forced.
+fn force(draining: &mut Draining, driver: &ebb_node::Driver, pid: Pid, deadline: Duration) {
+    let left = driver.connections() as u64;
+    tracing::warn!(pid = pid.as_raw(), connections = left, deadline = %humantime::format_duration(deadline), "the app is still running at its drain deadline; killing it");
+    if let Err(e) = nix::sys::signal::kill(pid, Signal::SIGKILL) {
+        tracing::warn!(error = %e, "could not kill the app");
+    }
+    draining.forced = Some(left);
 }
 
 /// How the app is asked to drain.
@@ -278,9 +346,19 @@ enum Drainer {
     Post(HttpUrl),
 }
 
+impl Drainer {
+    /// What the app gets if the agent dies: its drain signal, or TERM when it drains on a POST.
+    fn death_signal(&self) -> Signal {
+        match self {
+            Drainer::Signal(signal) => *signal,
+            Drainer::Post(_) => Signal::SIGTERM,
+        }
+    }
+}
+
 /// Asks the app to drain; later calls (a second signal, a hurry) ask again.
 async fn start_drain(
-    drain: &mut Option<(Instant, String, u64)>,
+    drain: &mut Option<Draining>,
     driver: &ebb_node::Driver,
     pid: Pid,
     drainer: &Drainer,
@@ -295,7 +373,8 @@ async fn start_drain(
         }
         Drainer::Post(url) => {
             tracing::info!(trigger, url = %url.display, "draining the app");
-            match tokio::time::timeout(HEALTH_TIMEOUT, url.request(http::Method::POST)).await {
+            match tokio::time::timeout(probe::HEALTH_TIMEOUT, url.request(http::Method::POST)).await
+            {
                 Ok(Ok((status, _))) if (200..300).contains(&status) => {}
                 Ok(Ok((status, _))) => {
                     tracing::warn!(status, "the drain URL answered with an error")
@@ -306,21 +385,22 @@ async fn start_drain(
         }
     }
     if drain.is_none() {
-        *drain = Some((
-            Instant::now(),
-            trigger.to_owned(),
-            driver.connections() as u64,
-        ));
+        *drain = Some(Draining {
+            started: Instant::now(),
+            trigger: trigger.to_owned(),
+            before: driver.connections() as u64,
+            forced: None,
+        });
     }
     driver.set_state(NodeState::Draining);
 }
 
 /// Polls the health URL until it answers 200 with a count, within `--start-timeout`.
-async fn wait_healthy(probe: &Probe, args: &Args, child: &mut Child) -> anyhow::Result<usize> {
+async fn wait_healthy(probe: &Probe, args: &Args, app: &mut App) -> anyhow::Result<usize> {
     let deadline = Instant::now() + Duration::from(args.start_timeout);
     loop {
-        if let Some(status) = child.try_wait()? {
-            anyhow::bail!("the app exited before it became healthy ({status})");
+        if let Some(ended) = app.try_ended()? {
+            anyhow::bail!("the app exited before it became healthy ({ended})");
         }
         let last = match probe.read().await {
             Ok(Health::Healthy(n)) => return Ok(n),
@@ -335,213 +415,5 @@ async fn wait_healthy(probe: &Probe, args: &Args, child: &mut Child) -> anyhow::
             );
         }
         tokio::time::sleep(Duration::from(args.poll_interval)).await;
-    }
-}
-
-fn exit_code(status: &std::process::ExitStatus) -> u8 {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => u8::try_from(code).unwrap_or(1),
-        (None, Some(signal)) => u8::try_from(128 + signal).unwrap_or(1),
-        _ => 1,
-    }
-}
-
-/// What one health read said.
-enum Health {
-    Healthy(usize),
-    Draining(Option<usize>),
-}
-
-/// Where the app's health and count are read.
-struct Probe {
-    health: HttpUrl,
-    /// The JSON field of a healthy answer that holds the count.
-    field: String,
-    /// Or: the Prometheus endpoint and metric that hold it.
-    metrics: Option<(HttpUrl, String)>,
-}
-
-impl Probe {
-    fn new(args: &Args) -> Result<Probe, String> {
-        let metrics = match (&args.metrics_url, &args.connections_metric) {
-            (Some(url), Some(name)) => Some((HttpUrl::parse("--metrics-url", url)?, name.clone())),
-            _ => None,
-        };
-        Ok(Probe {
-            health: HttpUrl::parse("--health-url", &args.health_url)?,
-            field: args.connections_field.clone(),
-            metrics,
-        })
-    }
-
-    /// One look: 200 with a count (a non-negative integer), or 503 (with a count if one can
-    /// be read); anything else is an error that names what was wrong.
-    async fn read(&self) -> Result<Health, String> {
-        let (status, body) = self.health.get().await?;
-        let count = async {
-            match &self.metrics {
-                Some((url, name)) => {
-                    let (status, text) = url.get().await?;
-                    if status != 200 {
-                        return Err(format!("{} answered {status}", url.display));
-                    }
-                    metric_count(&String::from_utf8_lossy(&text), name)
-                }
-                None => json_count(&body, &self.field),
-            }
-        };
-        match status {
-            200 => count.await.map(Health::Healthy),
-            503 => Ok(Health::Draining(count.await.ok())),
-            other => Err(format!("it answered {other}")),
-        }
-    }
-}
-
-/// The non-negative integer `field` of a JSON object.
-fn json_count(body: &[u8], field: &str) -> Result<usize, String> {
-    let json: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
-    let n = json
-        .get(field)
-        .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| format!("the answer has no non-negative integer {field:?}"))?;
-    usize::try_from(n).map_err(|_| format!("{field} {n} is too large"))
-}
-
-/// The sum of the samples of metric `name` in Prometheus text (`name 3` or `name{...} 3`),
-/// each a non-negative whole number.
-fn metric_count(text: &str, name: &str) -> Result<usize, String> {
-    let mut total: Option<u64> = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some(rest) = line.strip_prefix(name) else {
-            continue;
-        };
-        let value = match rest.chars().next() {
-            Some(' ') => rest.trim(),
-            Some('{') => rest.rsplit_once('}').map_or("", |(_, v)| v.trim()),
-            _ => continue,
-        };
-        let value = value.split_whitespace().next().unwrap_or("");
-        let n: f64 = value
-            .parse()
-            .map_err(|_| format!("{name} has the value {value:?}, not a number"))?;
-        if !(n.is_finite() && n >= 0.0 && n.fract() == 0.0 && n <= u32::MAX as f64) {
-            return Err(format!("{name} is {value}, not a connection count"));
-        }
-        total = Some(total.unwrap_or(0) + n as u64);
-    }
-    let total = total.ok_or_else(|| format!("no sample of {name} in the metrics"))?;
-    usize::try_from(total).map_err(|_| format!("{name} {total} is too large"))
-}
-
-/// `http://host:port/path`.
-struct HttpUrl {
-    authority: String,
-    path: String,
-    display: String,
-}
-
-impl HttpUrl {
-    fn parse(flag: &str, url: &str) -> Result<HttpUrl, String> {
-        let bad = |why: &str| format!("{flag} {url:?}: {why}");
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| bad("expected http://host:port/path"))?;
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        if authority.is_empty() || !authority.contains(':') {
-            return Err(bad("expected a host and a port"));
-        }
-        Ok(HttpUrl {
-            authority: authority.to_owned(),
-            path: if path.is_empty() { "/" } else { path }.to_owned(),
-            display: url.to_owned(),
-        })
-    }
-
-    /// A GET, bounded by [`HEALTH_TIMEOUT`].
-    async fn get(&self) -> Result<(u16, Vec<u8>), String> {
-        tokio::time::timeout(HEALTH_TIMEOUT, self.request(http::Method::GET))
-            .await
-            .map_err(|_| "timed out".to_owned())?
-    }
-
-    async fn request(&self, method: http::Method) -> Result<(u16, Vec<u8>), String> {
-        use http_body_util::BodyExt;
-        let stream = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| format!("HTTP: {e}"))?;
-        let driver = tokio::spawn(connection);
-        let request = http::Request::builder()
-            .method(method)
-            .uri(&self.path)
-            .header(http::header::HOST, &self.authority)
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("HTTP: {e}"))?;
-        let status = response.status().as_u16();
-        let body = http_body_util::Limited::new(response.into_body(), HEALTH_MAX_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("reading the answer: {e}"))?
-            .to_bytes()
-            .to_vec();
-        driver.abort();
-        Ok((status, body))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_count_is_read_from_json_or_prometheus_text_and_nothing_else_is_one() {
-        assert_eq!(
-            json_count(br#"{"status":"healthy","connections":3}"#, "connections"),
-            Ok(3)
-        );
-        for bad in [
-            &b"{}"[..],
-            b"[]",
-            b"not json",
-            br#"{"connections":-1}"#,
-            br#"{"connections":"3"}"#,
-            br#"{"connections":1.5}"#,
-        ] {
-            assert!(json_count(bad, "connections").is_err(), "{bad:?}");
-        }
-        let text = "# TYPE app_connections gauge\napp_connections_total 99\napp_connections{shard=\"a\"} 2\napp_connections{shard=\"b\"} 3 1700000000\n";
-        assert_eq!(metric_count(text, "app_connections"), Ok(5));
-        assert_eq!(
-            metric_count("app_connections 7\n", "app_connections"),
-            Ok(7)
-        );
-        assert!(metric_count("other 1\n", "app_connections").is_err());
-        for bad in ["NaN", "+Inf", "-1", "1.5", "1e30", "x"] {
-            let text = format!("app_connections {bad}\n");
-            assert!(metric_count(&text, "app_connections").is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn http_urls_need_a_host_and_a_port() {
-        let url = HttpUrl::parse("--health-url", "http://127.0.0.1:8080/health").unwrap();
-        assert_eq!(
-            (url.authority.as_str(), url.path.as_str()),
-            ("127.0.0.1:8080", "/health")
-        );
-        assert_eq!(HttpUrl::parse("f", "http://h:1").unwrap().path, "/");
-        for bad in ["https://h:1/", "h:1/health", "http:///x", "http://host/x"] {
-            assert!(HttpUrl::parse("f", bad).is_err(), "{bad}");
-        }
     }
 }
