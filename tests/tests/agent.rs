@@ -5,7 +5,9 @@
 //! exits with the app's status. A health answer that is not a count is an error, never a
 //! registration; `then: stay` is refused; the app dying on its own is lost, not drained. And
 //! a fleet of three such apps, each under a restart-on-exit supervisor, is rolled by `ebb
-//! rolling-restart` with live clients.
+//! rolling-restart` with ebb-load's soak clients across them. The app never outlives its agent
+//! (a SIGKILLed agent's app drains and exits); `--pid` attaches to a running app;
+//! `--drain-deadline` ends an app that will not stop.
 
 use ebb_proto::EventKind;
 use ebb_proto::Keys;
@@ -14,7 +16,6 @@ use ebb_tests::process::Proc;
 use ebb_tests::readiness::{self, Readiness};
 use ebb_tests::redis::Redis;
 use ebb_tests::sentinel::free_port;
-use ebb_tests::traffic::Traffic;
 use ebb_tests::ws::{Client, Seen};
 use ebb_tests::{eventually, node_name};
 use nix::sys::signal::Signal;
@@ -478,7 +479,23 @@ async fn a_fleet_of_node_js_servers_under_ebb_agent_is_rolled_one_at_a_time_losi
         .iter()
         .map(|p| format!("ws://127.0.0.1:{p}/"))
         .collect();
-    let traffic = Traffic::start(&urls, 30);
+    // ebb-load's soak clients across the apps, until told to stop (SIGINT), then its verdict.
+    let mut soak = Proc::spawn(
+        &ebb_tests::bin::path("ebb-load"),
+        &[
+            "soak",
+            "--url",
+            &urls.join(","),
+            "-n",
+            "30",
+            "--rate",
+            "300",
+            "--for",
+            "180s",
+            "--json",
+        ]
+        .map(String::from),
+    );
     // The apps' real counts reach their records.
     eventually("the clients counted in the records", SECS(20), || async {
         let mut total = 0;
@@ -527,5 +544,19 @@ async fn a_fleet_of_node_js_servers_under_ebb_agent_is_rolled_one_at_a_time_losi
         1,
         "never two apps out at once"
     );
-    traffic.finish(SECS(30)).await.assert_nothing_lost();
+    soak.signal(Signal::SIGINT);
+    let (status, stdout) = soak.wait_with_output(SECS(40)).await;
+    let line = stdout.last().cloned().unwrap_or_default();
+    let verdict: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {stdout:?}"));
+    assert_eq!(status.code(), Some(0), "{verdict}");
+    assert_eq!(verdict["lost"], 0, "{verdict}");
+    assert_eq!(verdict["abnormal_closes"], 0, "{verdict}");
+    assert_eq!(verdict["connected_at_end"], 30, "{verdict}");
+    // Every client was closed with 1001 at least once (by the app it was on) and came back.
+    assert!(
+        verdict["close_codes"]["1001"].as_u64() >= Some(30),
+        "{verdict}"
+    );
+    assert!(verdict["sent"].as_u64().unwrap() > 300, "{verdict}");
 }
