@@ -509,6 +509,18 @@ async fn a_fleet_of_node_js_servers_under_ebb_agent_is_rolled_one_at_a_time_losi
         (total == 30).then_some(())
     })
     .await;
+    // And `ebb status` shows them: the apps' real counts, every app active.
+    let (code, stdout, logs) = ebb(redis.url(), CLUSTER, &["status", "--json"], SECS(10)).await;
+    assert_eq!(code, 0, "{logs:?}");
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let listed = status["nodes"].as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{status}");
+    assert!(listed.iter().all(|n| n["state"] == "active"), "{status}");
+    let counted: u64 = listed
+        .iter()
+        .filter_map(|n| n["connections"].as_u64())
+        .sum();
+    assert_eq!(counted, 30, "{status}");
     let addrs = names
         .iter()
         .zip(&ports)
