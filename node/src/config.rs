@@ -53,6 +53,8 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 pub const DEFAULT_READ_BUFFER_SIZE: usize = 1024;
 /// `EBB_MAX_INFLIGHT`: messages of one connection processed concurrently before reading pauses.
 pub const DEFAULT_MAX_INFLIGHT: usize = 64;
+/// Pushes a connection may have waiting before it is closed as too slow (1008).
+pub const DEFAULT_PUSH_QUEUE: usize = 1024;
 /// `EBB_HTTP_SHUTDOWN_TIMEOUT`: after a drain that exits, how long plain HTTP requests may take.
 pub const DEFAULT_HTTP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -171,6 +173,8 @@ pub struct ConnectionConfig {
     pub read_buffer_size: usize,
     pub max_inflight: usize,
     pub ping_interval: Duration,
+    /// Pushes a connection may have waiting; one more closes it as too slow ([`crate::push`]).
+    pub push_queue: usize,
 }
 
 impl Default for ConnectionConfig {
@@ -180,6 +184,7 @@ impl Default for ConnectionConfig {
             read_buffer_size: DEFAULT_READ_BUFFER_SIZE,
             max_inflight: DEFAULT_MAX_INFLIGHT,
             ping_interval: DEFAULT_PING_INTERVAL,
+            push_queue: DEFAULT_PUSH_QUEUE,
         }
     }
 }

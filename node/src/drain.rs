@@ -181,6 +181,7 @@ async fn drain<A: App>(
     shared.tally.clean.store(0, Ordering::Relaxed);
     shared.tally.forced.store(0, Ordering::Relaxed);
     shared.set_state(NodeState::Draining);
+    shared.app.draining();
     tracing::info!(
         trigger = %request.trigger,
         %then,
@@ -209,6 +210,7 @@ async fn drain<A: App>(
         reason: reason.encode(),
         inflight_timeout: config.inflight_timeout,
         close_timeout: config.close_timeout,
+        by_app: false,
     };
     // A connection that raced the readiness flip goes to the heaviest target.
     let heaviest = (0..targets.len()).max_by_key(|&k| (targets[k].weight, std::cmp::Reverse(k)));

@@ -1,6 +1,8 @@
 //! ebb-node: graceful drains for axum WebSocket servers.
 //!
-//! A node serves WebSocket clients on `/ws` through an [`App`] and, when told to drain (SIGTERM in
+//! A node serves WebSocket clients on `/ws` through an [`App`] (which sees each upgrade request,
+//! keeps per-connection state, and pushes through a [`Conn`] handle) beside the app's own HTTP
+//! routes ([`Node::start_with`]), and, when told to drain (SIGTERM in
 //! the binary, `POST /admin/drain`, a Redis command, or [`Control::drain`] from an embedding
 //! application), runs one drain sequence: readiness flips, new upgrades get 503 + `Retry-After`,
 //! clients get a notice, each connection answers what it already received and is closed 1001 at
@@ -15,7 +17,10 @@
 //!
 //! Layout:
 //! - [`config`]: every timing and limit, with its default;
-//! - [`app`]: the [`App`] trait and the reference [`Echo`] app;
+//! - [`app`]: the [`App`] trait (a connection's life) and the reference [`Echo`] app;
+//! - `handshake`: what the app sees of an upgrade request ([`Handshake`]) and its [`Refusal`];
+//! - `push`: the per-connection handle [`Conn`] (bounded pushes, the slow-consumer policy);
+//! - [`rooms`]: connections grouped by name on this node, for fan-out;
 //! - [`control`]: [`Control`], the handle every trigger uses, and [`DrainReport`];
 //! - `drain`: the drain controller (one code path);
 //! - `shed`: closing some connections of an active node, paced, each sent to a target;
@@ -35,22 +40,28 @@ pub mod config;
 pub mod control;
 mod door;
 mod drain;
+mod handshake;
 mod http;
 pub mod metrics;
 pub mod pacing;
+mod push;
 mod registry;
+pub mod rooms;
 mod shared;
 mod shed;
 mod socket;
 mod upgrade;
 
-pub use app::{App, Echo};
+pub use app::{App, Echo, Ended};
 pub use config::NodeConfig;
 pub use control::{Control, DrainReport, DrainRequest, Driver, Request, ShedRequest};
 pub use door::Limits;
 pub use ebb_proto::command::Then;
 pub use ebb_proto::target::Target;
+pub use handshake::{Handshake, Refusal};
 pub use metrics::Metrics;
+pub use push::{Conn, PushError};
+pub use rooms::Rooms;
 
 use shared::Shared;
 use std::io;
@@ -107,6 +118,14 @@ impl<A: App> Node<A> {
     /// drain that ends in exit has finished. Fails when the descriptor limit leaves no room for a
     /// WebSocket connection after the reserve.
     pub fn start(self, listener: TcpListener) -> io::Result<Running> {
+        self.start_with(listener, axum::Router::new())
+    }
+
+    /// Like [`Node::start`], serving the app's own `routes` beside ebb's (`/ws`, `/health`,
+    /// `/metrics`, `/admin/*`; a route of the app's at one of those paths is a panic, as axum
+    /// merges). Every request goes through the node's door and its limits, and plain requests
+    /// get `http_shutdown_timeout` after a drain that exits, like ebb's own.
+    pub fn start_with(self, listener: TcpListener, routes: axum::Router) -> io::Result<Running> {
         let local_addr = listener.local_addr()?;
         let limits = self.limits();
         if limits.capacity == 0 {
@@ -123,7 +142,7 @@ impl<A: App> Node<A> {
         let Node { shared, requests } = self;
         let exit = CancellationToken::new();
         let controller = tokio::spawn(drain::controller(shared.clone(), requests, exit.clone()));
-        let router = http::router(shared.clone());
+        let router = routes.merge(http::router(shared.clone()));
         let reporter = {
             let (shared, exit) = (shared.clone(), exit.clone());
             tokio::spawn(

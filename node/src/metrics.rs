@@ -23,6 +23,10 @@ pub enum CloseKind {
     DeadPeer,
     /// Closed by the node for a bad frame (1002, 1007, 1009).
     Rejected,
+    /// Closed by the app.
+    AppClose,
+    /// Closed with 1008: the client did not keep up with the pushes.
+    TooSlow,
 }
 
 impl CloseKind {
@@ -34,16 +38,20 @@ impl CloseKind {
             CloseKind::PeerGone => "peer_gone",
             CloseKind::DeadPeer => "dead_peer",
             CloseKind::Rejected => "rejected",
+            CloseKind::AppClose => "app_close",
+            CloseKind::TooSlow => "too_slow",
         }
     }
 
-    const ALL: [CloseKind; 6] = [
+    const ALL: [CloseKind; 8] = [
         CloseKind::DrainClean,
         CloseKind::DrainForced,
         CloseKind::ClientClose,
         CloseKind::PeerGone,
         CloseKind::DeadPeer,
         CloseKind::Rejected,
+        CloseKind::AppClose,
+        CloseKind::TooSlow,
     ];
 }
 
@@ -148,11 +156,13 @@ pub struct Metrics {
     state: Family<StateLabel, Gauge>,
     messages_received: Counter,
     messages_answered: Counter,
+    messages_pushed: Counter,
     messages_discarded: Counter,
     inflight_abandoned: Counter,
     closes: Family<KindLabel, Counter>,
     rejected: Family<CodeLabel, Counter>,
     upgrades_refused: Counter,
+    upgrades_refused_by_app: Counter,
     drains: Counter,
     last_drain_seconds: Gauge<f64, AtomicU64>,
     last_drain_clean: Gauge,
@@ -180,11 +190,13 @@ impl Default for Metrics {
             state: Family::default(),
             messages_received: Counter::default(),
             messages_answered: Counter::default(),
+            messages_pushed: Counter::default(),
             messages_discarded: Counter::default(),
             inflight_abandoned: Counter::default(),
             closes: Family::default(),
             rejected: Family::default(),
             upgrades_refused: Counter::default(),
+            upgrades_refused_by_app: Counter::default(),
             drains: Counter::default(),
             last_drain_seconds: Gauge::default(),
             last_drain_clean: Gauge::default(),
@@ -225,6 +237,11 @@ impl Default for Metrics {
             metrics.messages_answered.clone(),
         );
         registry.register(
+            "messages_pushed",
+            "Messages the app pushed that were sent",
+            metrics.messages_pushed.clone(),
+        );
+        registry.register(
             "messages_discarded",
             "Data messages that arrived after the node's Close and were not processed",
             metrics.messages_discarded.clone(),
@@ -248,6 +265,11 @@ impl Default for Metrics {
             "upgrades_refused",
             "Upgrade requests refused with 503 while not active",
             metrics.upgrades_refused.clone(),
+        );
+        registry.register(
+            "upgrades_refused_by_app",
+            "Upgrades the app refused (its own 4xx) before answering 101",
+            metrics.upgrades_refused_by_app.clone(),
         );
         registry.register("drains", "Drains completed", metrics.drains.clone());
         registry.register(
@@ -357,6 +379,9 @@ impl Metrics {
     pub(crate) fn answered(&self) {
         self.messages_answered.inc();
     }
+    pub(crate) fn pushed(&self) {
+        self.messages_pushed.inc();
+    }
     pub(crate) fn discarded(&self) {
         self.messages_discarded.inc();
     }
@@ -375,6 +400,9 @@ impl Metrics {
     }
     pub(crate) fn upgrade_refused(&self) {
         self.upgrades_refused.inc();
+    }
+    pub(crate) fn app_refused(&self) {
+        self.upgrades_refused_by_app.inc();
     }
     pub(crate) fn drain_done(&self, seconds: f64, clean: u64, forced: u64) {
         self.drains.inc();

@@ -6,17 +6,20 @@
 //!
 //! A mailbox is a `Notify` and a small mutex-guarded slot rather than a channel, because a node
 //! holds tens of thousands of idle connections and a tokio mpsc channel allocates a block of
-//! slots up front: the mailbox costs about a hundred bytes.
+//! slots up front: the mailbox costs about a hundred bytes. The app's pushes queue in the same
+//! slot (a `VecDeque`, which allocates only once something is pushed), bounded by the caller
+//! ([`crate::push`]); the connection seals it when it sends its Close, after which a push fails.
 //!
 //! Connections are kept in id order (ids only grow), so a shed finds the most recently
 //! connected ones by walking down from the top: each step costs O(log n) and the shed keeps no
 //! list of its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
+use tungstenite::Message;
 
 /// What a connection must do to close itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +32,8 @@ pub(crate) struct CloseOrder {
     pub inflight_timeout: Duration,
     /// How long to wait for the client's Close after ours.
     pub close_timeout: Duration,
+    /// The app closed it ([`crate::Conn::close`]), not a drain or a shed.
+    pub by_app: bool,
 }
 
 /// Orders waiting for a connection.
@@ -36,31 +41,98 @@ pub(crate) struct CloseOrder {
 pub(crate) struct Orders {
     /// A text notice to send now.
     pub notice: Option<String>,
+    /// The app's pushes, in order.
+    pub pushes: VecDeque<Message>,
+    /// The app pushed more than the client took: close it as too slow.
+    pub overflowed: bool,
     /// Close the connection.
     pub close: Option<CloseOrder>,
+}
+
+impl Orders {
+    fn is_empty(&self) -> bool {
+        self.notice.is_none() && self.pushes.is_empty() && !self.overflowed && self.close.is_none()
+    }
+}
+
+/// The orders, and whether pushes are still taken.
+#[derive(Debug, Default)]
+struct Slot {
+    orders: Orders,
+    sealed: bool,
+}
+
+/// Why a push was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    Sealed,
+    Overflow,
 }
 
 /// A connection's mailbox.
 #[derive(Debug, Default)]
 pub(crate) struct Mailbox {
     wake: Notify,
-    orders: Mutex<Orders>,
+    slot: Mutex<Slot>,
     /// Set by the first close order: a shed passes over a connection already closing.
     closing: AtomicBool,
+    /// Notified on overflow: a write blocked on a client that stopped reading gives up.
+    overflow: Notify,
 }
 
 impl Mailbox {
     /// Leaves a notice for the connection.
     pub fn notice(&self, text: String) {
-        self.orders.lock().expect("mailbox lock").notice = Some(text);
+        self.slot.lock().expect("mailbox lock").orders.notice = Some(text);
         self.wake.notify_one();
     }
 
     /// Orders the connection to close. A later order replaces one not yet picked up.
     pub fn close(&self, order: CloseOrder) {
         self.closing.store(true, Ordering::Relaxed);
-        self.orders.lock().expect("mailbox lock").close = Some(order);
+        self.slot.lock().expect("mailbox lock").orders.close = Some(order);
         self.wake.notify_one();
+    }
+
+    /// Queues a push, unless the mailbox is sealed or already holds `limit` pushes (then it is
+    /// sealed, and the connection told to close as too slow).
+    pub fn push(&self, message: Message, limit: usize) -> Result<(), Refused> {
+        let mut slot = self.slot.lock().expect("mailbox lock");
+        if slot.sealed {
+            return Err(Refused::Sealed);
+        }
+        if slot.orders.pushes.len() >= limit {
+            slot.sealed = true;
+            slot.orders.pushes.clear();
+            slot.orders.overflowed = true;
+            drop(slot);
+            self.overflow.notify_one();
+            self.wake.notify_one();
+            return Err(Refused::Overflow);
+        }
+        slot.orders.pushes.push_back(message);
+        drop(slot);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Takes no more pushes; returns the ones still queued.
+    pub fn seal(&self) -> VecDeque<Message> {
+        let mut slot = self.slot.lock().expect("mailbox lock");
+        slot.sealed = true;
+        std::mem::take(&mut slot.orders.pushes)
+    }
+
+    /// Whether pushes are still taken.
+    pub fn is_sealed(&self) -> bool {
+        self.slot.lock().expect("mailbox lock").sealed
+    }
+
+    /// Resolves once the pushes overflowed (at once if they already did).
+    pub async fn overflowed(&self) {
+        self.overflow.notified().await;
+        // Keep the permit for whoever waits next: overflow is for good.
+        self.overflow.notify_one();
     }
 
     /// Whether the connection was ever ordered to close.
@@ -73,8 +145,8 @@ impl Mailbox {
     pub async fn next(&self) -> Orders {
         loop {
             self.wake.notified().await;
-            let orders = std::mem::take(&mut *self.orders.lock().expect("mailbox lock"));
-            if orders.notice.is_some() || orders.close.is_some() {
+            let orders = std::mem::take(&mut self.slot.lock().expect("mailbox lock").orders);
+            if !orders.is_empty() {
                 return orders;
             }
         }
@@ -113,6 +185,13 @@ impl Default for Registry {
 pub(crate) struct ConnGuard {
     id: u64,
     registry: Arc<Registry>,
+}
+
+impl ConnGuard {
+    /// The connection's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 impl Drop for ConnGuard {
@@ -208,6 +287,7 @@ mod tests {
             reason: "r".into(),
             inflight_timeout: Duration::from_secs(1),
             close_timeout: Duration::from_secs(1),
+            by_app: false,
         }
     }
 
@@ -234,7 +314,7 @@ mod tests {
         assert_eq!(late.next().await.close, Some(order()));
         registry.end_closing();
         let (after, _g3) = registry.register();
-        assert!(after.orders.lock().unwrap().close.is_none());
+        assert!(after.slot.lock().unwrap().orders.close.is_none());
     }
 
     #[tokio::test]
@@ -250,7 +330,7 @@ mod tests {
         assert_eq!(first, 4);
         let second = registry.close_newest_below(first, order()).unwrap();
         assert_eq!(second, 2, "3 was already closing");
-        assert!(late.orders.lock().unwrap().close.is_none());
+        assert!(late.slot.lock().unwrap().orders.close.is_none());
         assert_eq!(conns[2].0.next().await.close, Some(order()));
         assert_eq!(registry.close_newest_below(0, order()), None);
         // A connection gone since is not found.

@@ -104,13 +104,15 @@ impl<A: App> Shared<A> {
             return;
         }
         match outcome {
-            Outcome::Drained { clean: true } | Outcome::ClientClosed => {
+            Outcome::Drained { clean: true }
+            | Outcome::ClientClosed { .. }
+            | Outcome::AppClosed { .. } => {
                 self.tally.clean.fetch_add(1, Ordering::Relaxed);
             }
             Outcome::Drained { clean: false } | Outcome::Terminated => {
                 self.tally.forced.fetch_add(1, Ordering::Relaxed);
             }
-            Outcome::Gone | Outcome::Dead | Outcome::Rejected { .. } => {}
+            Outcome::Gone | Outcome::Dead | Outcome::Rejected { .. } | Outcome::TooSlow => {}
         }
     }
 }

@@ -91,6 +91,7 @@ pub(crate) async fn run<A: App>(
             reason: reason.encode(),
             inflight_timeout: config.inflight_timeout,
             close_timeout: config.close_timeout,
+            by_app: false,
         };
         let Some(id) = shared.registry.close_newest_below(below, order) else {
             break;

@@ -2,12 +2,13 @@
 //! tungstenite messages so it is tested with in-memory channels and paused time.
 //!
 //! Open: read data messages (cancel-safe `next()`), hand them to the app (at most `max_inflight`
-//! at once, replies in arrival order), ping on an interval and drop a peer that missed the
-//! previous pong, answer a client's Close. Closing (a drain order): stop reading, answer every
-//! message already received (bounded by the in-flight timeout), send the Close with the reconnect
-//! hint, then read only to see the client's Close, discarding any data (nothing is processed
-//! after our Close), bounded by the close timeout. The drain deadline (`terminate`) ends every
-//! state at once.
+//! at once, replies in arrival order), send the app's pushes in order, ping on an interval and
+//! drop a peer that missed the previous pong, answer a client's Close. Closing (a drain order, or
+//! the app's own close): stop reading, answer every message already received and send every push
+//! queued before (both bounded by the in-flight timeout), send the Close with the reconnect hint,
+//! then read only to see the client's Close, discarding any data (nothing is processed after our
+//! Close), bounded by the close timeout. The drain deadline (`terminate`) ends every state at
+//! once; so does a push queue that overflowed (the client is too slow, see [`crate::push`]).
 
 use crate::app::App;
 use crate::config::ConnectionConfig;
@@ -23,13 +24,16 @@ use tokio_util::sync::CancellationToken;
 use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 
+/// How long the Close of a connection too slow for its pushes may take to be written.
+const TOO_SLOW_CLOSE_WITHIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// Closed by a drain order; `clean` when the client answered our Close in time.
     Drained { clean: bool },
-    /// The client sent Close first (the node answered it).
-    ClientClosed,
+    /// The client sent Close first, with this code (the node answered it).
+    ClientClosed { code: Option<u16> },
     /// TCP ended without a Close, or a write failed.
     Gone,
     /// The client missed a pong.
@@ -39,6 +43,10 @@ pub(crate) enum Outcome {
     Rejected { code: u16 },
     /// The drain deadline cut it.
     Terminated,
+    /// The app closed it with this code.
+    AppClosed { code: u16 },
+    /// Its push queue overflowed: closed with 1008.
+    TooSlow,
 }
 
 impl Outcome {
@@ -47,18 +55,35 @@ impl Outcome {
         match self {
             Outcome::Drained { clean: true } => CloseKind::DrainClean,
             Outcome::Drained { clean: false } | Outcome::Terminated => CloseKind::DrainForced,
-            Outcome::ClientClosed => CloseKind::ClientClose,
+            Outcome::ClientClosed { .. } => CloseKind::ClientClose,
             Outcome::Gone => CloseKind::PeerGone,
             Outcome::Dead => CloseKind::DeadPeer,
             Outcome::Rejected { .. } => CloseKind::Rejected,
+            Outcome::AppClosed { .. } => CloseKind::AppClose,
+            Outcome::TooSlow => CloseKind::TooSlow,
+        }
+    }
+
+    /// How the app hears it.
+    pub fn ended(self) -> crate::app::Ended {
+        use crate::app::Ended;
+        match self {
+            Outcome::Drained { clean } => Ended::Moved { clean },
+            Outcome::ClientClosed { code } => Ended::ByClient { code },
+            Outcome::Gone | Outcome::Dead => Ended::Gone,
+            Outcome::Rejected { code } => Ended::Rejected { code },
+            Outcome::Terminated => Ended::Cut,
+            Outcome::AppClosed { code } => Ended::ByApp { code },
+            Outcome::TooSlow => Ended::TooSlow,
         }
     }
 }
 
 /// What the loop needs besides the transport.
 #[derive(Debug)]
-pub(crate) struct Context<'a, A> {
+pub(crate) struct Context<'a, A: App> {
     pub app: &'a A,
+    pub state: &'a A::State,
     pub mailbox: &'a Mailbox,
     pub terminate: &'a CancellationToken,
     pub config: &'a ConnectionConfig,
@@ -89,10 +114,19 @@ where
             () = &mut terminate => return Outcome::Terminated,
             orders = &mut mailbox => {
                 mailbox.set(cx.mailbox.next());
+                if orders.overflowed {
+                    return Box::pin(too_slow(ws, &cx)).await;
+                }
                 if let Some(notice) = orders.notice
-                    && let Err(end) = cut(ws.send(Message::text(notice)), cx.terminate).await
+                    && let Err(end) = cut(ws.send(Message::text(notice)), &cx).await
                 {
                     return end;
+                }
+                for push in orders.pushes {
+                    if let Err(end) = cut(ws.send(push), &cx).await {
+                        return end;
+                    }
+                    cx.metrics.pushed();
                 }
                 if let Some(order) = orders.close {
                     break order;
@@ -106,7 +140,7 @@ where
             message = ws.next(), if inflight.len() < cx.config.max_inflight => match message {
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                     cx.metrics.received();
-                    let mut reply = cx.app.handle(message);
+                    let mut reply = cx.app.handle(cx.state, message);
                     // Fast path: with nothing queued ahead, a reply that is ready at once goes
                     // straight out (no queue entry, no second trip through the loop).
                     if inflight.is_empty()
@@ -121,10 +155,10 @@ where
                 }
                 Some(Ok(Message::Pong(_))) => awaiting_pong = false,
                 Some(Ok(Message::Ping(_) | Message::Frame(_))) => {}
-                Some(Ok(Message::Close(_))) => {
+                Some(Ok(Message::Close(frame))) => {
                     // tungstenite queued the answering Close; push it out.
-                    let _ = cut(ws.flush(), cx.terminate).await;
-                    return Outcome::ClientClosed;
+                    let _ = cut(ws.flush(), &cx).await;
+                    return Outcome::ClientClosed { code: frame.map(|f| f.code.into()) };
                 }
                 Some(Err(error)) => return Box::pin(reject(ws, error)).await,
                 None => return Outcome::Gone,
@@ -137,7 +171,7 @@ where
                     return Outcome::Dead;
                 }
                 awaiting_pong = true;
-                if let Err(end) = cut(ws.send(Message::Ping(Default::default())), cx.terminate).await {
+                if let Err(end) = cut(ws.send(Message::Ping(Default::default())), &cx).await {
                     return end;
                 }
             }
@@ -155,21 +189,24 @@ async fn answer<T, A>(
 ) -> Result<(), Outcome>
 where
     T: Sink<Message, Error = tungstenite::Error> + Unpin,
+    A: App,
 {
     let Some(reply) = reply else {
         return Ok(());
     };
-    cut(ws.send(reply), cx.terminate).await?;
+    cut(ws.send(reply), cx).await?;
     cx.metrics.answered();
     Ok(())
 }
 
-/// Runs a send or flush unless the drain deadline cuts the connection first: a client that stops
-/// reading fills its TCP window, and its send would otherwise hold the connection (and the
-/// drain) forever. A write that completes at once (the usual case) registers nothing on the token.
-async fn cut<F>(write: F, terminate: &CancellationToken) -> Result<(), Outcome>
+/// Runs a send or flush unless the drain deadline, or a push queue that overflowed, cuts the
+/// connection first: a client that stops reading fills its TCP window, and its send would
+/// otherwise hold the connection (and the drain) forever. A write that completes at once (the
+/// usual case) registers nothing on the token.
+async fn cut<F, A>(write: F, cx: &Context<'_, A>) -> Result<(), Outcome>
 where
     F: Future<Output = Result<(), tungstenite::Error>>,
+    A: App,
 {
     let mut write = std::pin::pin!(write);
     if let Some(done) = poll_once(&mut write) {
@@ -177,9 +214,30 @@ where
     }
     tokio::select! {
         biased;
-        () = terminate.cancelled() => Err(Outcome::Terminated),
+        () = cx.terminate.cancelled() => Err(Outcome::Terminated),
+        () = cx.mailbox.overflowed() => Err(Outcome::TooSlow),
         done = write => done.map_err(|_| Outcome::Gone),
     }
+}
+
+/// A client that did not keep up with the pushes: a Close with 1008, if it can still be written
+/// within [`TOO_SLOW_CLOSE_WITHIN`], and the end.
+async fn too_slow<T, A>(ws: &mut T, cx: &Context<'_, A>) -> Outcome
+where
+    T: Sink<Message, Error = tungstenite::Error> + Unpin,
+    A: App,
+{
+    tracing::debug!("closing a connection too slow for its pushes");
+    let frame = CloseFrame {
+        code: close::POLICY_VIOLATION.into(),
+        reason: "too slow".into(),
+    };
+    tokio::select! {
+        biased;
+        () = cx.terminate.cancelled() => {}
+        _ = tokio::time::timeout(TOO_SLOW_CLOSE_WITHIN, ws.send(Message::Close(Some(frame)))) => {}
+    }
+    Outcome::TooSlow
 }
 
 /// Polls a future once without a waker to wake: `Some` if it is already done. Used only on a
@@ -226,12 +284,31 @@ where
         }
     }
     drop(inflight);
+    // What the app pushed before the Close goes first; after it, pushes are refused.
+    for push in cx.mailbox.seal() {
+        match timeout_at(inflight_deadline, cut(ws.send(push), &cx)).await {
+            Ok(Ok(())) => cx.metrics.pushed(),
+            Ok(Err(end)) => return end,
+            Err(_) => {
+                tracing::warn!("in-flight timeout: closing with pushes unsent");
+                break;
+            }
+        }
+    }
 
+    let (code, by_app) = (order.code, order.by_app);
+    let ended = |clean| {
+        if by_app {
+            Outcome::AppClosed { code }
+        } else {
+            Outcome::Drained { clean }
+        }
+    };
     let frame = CloseFrame {
         code: order.code.into(),
         reason: order.reason.into(),
     };
-    if let Err(end) = cut(ws.send(Message::Close(Some(frame))), cx.terminate).await {
+    if let Err(end) = cut(ws.send(Message::Close(Some(frame))), &cx).await {
         return end;
     }
 
@@ -241,11 +318,11 @@ where
             biased;
             _ = cx.terminate.cancelled() => return Outcome::Terminated,
             next = timeout_at(handshake_deadline, ws.next()) => match next {
-                Err(_) => return Outcome::Drained { clean: false },
-                Ok(Some(Ok(Message::Close(_))) | None) => return Outcome::Drained { clean: true },
+                Err(_) => return ended(false),
+                Ok(Some(Ok(Message::Close(_))) | None) => return ended(true),
                 Ok(Some(Ok(Message::Text(_) | Message::Binary(_)))) => cx.metrics.discarded(),
                 Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(_))) => return Outcome::Drained { clean: false },
+                Ok(Some(Err(_))) => return ended(false),
             },
         }
     }

@@ -2,6 +2,9 @@
 //! and by the door's limits (503 + `Retry-After` at capacity, 429 + `Retry-After` past the
 //! per-address limit) before anything is answered 101: a refused client is never accepted and
 //! then closed. The seat it gets is held by its socket task, so it comes back when the task ends.
+//! Then the app looks at the request ([`App::accept`]): its refusal (401, 403, ...) is answered
+//! instead of the upgrade, and its state rides with the socket task, handed back to
+//! [`App::closed`] at the end.
 //!
 //! ebb performs the upgrade itself (a few header checks, `Sec-WebSocket-Accept`, hyper's
 //! `OnUpgrade`) instead of using axum's `WebSocketUpgrade`, because axum's `WebSocket` hides the
@@ -10,6 +13,8 @@
 //! with a RST that can destroy the Close frame before the client reads it.
 
 use crate::app::App;
+use crate::handshake::Handshake;
+use crate::push::Conn;
 use crate::shared::Shared;
 use crate::socket::{self, Outcome};
 use axum::body::Body;
@@ -49,8 +54,8 @@ pub(crate) async fn handler<A: App>(
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
-    let seat = match shared.door.seat(peer) {
+        .map(|ConnectInfo(addr)| *addr);
+    let seat = match shared.door.seat(peer.map(|addr| addr.ip())) {
         Ok(seat) => seat,
         Err(refusal) => return refusal.into_response(),
     };
@@ -67,6 +72,21 @@ pub(crate) async fn handler<A: App>(
 
     // Registered before answering 101, so a drain that starts now includes this connection.
     let (mailbox, guard) = shared.registry.register();
+    let handshake = Handshake::new(request.uri().clone(), request.headers().clone(), peer);
+    let conn = Conn::new(
+        guard.id(),
+        mailbox.clone(),
+        shared.config.connection.push_queue,
+        shared.config.drain.inflight_timeout,
+        shared.config.drain.close_timeout,
+    );
+    let state = match shared.app.accept(&handshake, conn).await {
+        Ok(state) => state,
+        Err(refusal) => {
+            shared.metrics.app_refused();
+            return refusal.into_response();
+        }
+    };
     let terminate = shared.terminate_token();
     let task_shared = shared.clone();
     shared.sockets.spawn(async move {
@@ -77,6 +97,8 @@ pub(crate) async fn handler<A: App>(
             Ok(upgraded) => upgraded,
             Err(error) => {
                 tracing::debug!(%error, "upgrade failed");
+                mailbox.seal();
+                shared.app.closed(state, crate::app::Ended::Gone);
                 return;
             }
         };
@@ -91,6 +113,7 @@ pub(crate) async fn handler<A: App>(
             &mut ws,
             socket::Context {
                 app: &shared.app,
+                state: &state,
                 mailbox: &mailbox,
                 terminate: &terminate,
                 config,
@@ -98,7 +121,9 @@ pub(crate) async fn handler<A: App>(
             },
         )
         .await;
+        mailbox.seal();
         shared.record(outcome);
+        shared.app.closed(state, outcome.ended());
         if let Outcome::Rejected { .. } = outcome {
             linger(ws.get_mut(), shared.config.drain.close_timeout).await;
         }

@@ -138,9 +138,14 @@ pub struct RawClient {
 impl RawClient {
     /// Opens the TCP connection and performs the upgrade on `/ws`.
     pub async fn connect(addr: std::net::SocketAddr) -> RawClient {
+        RawClient::connect_to(addr, "/ws").await
+    }
+
+    /// Opens the TCP connection and performs the upgrade on `path` (with its query).
+    pub async fn connect_to(addr: std::net::SocketAddr, path: &str) -> RawClient {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
         let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
         stream

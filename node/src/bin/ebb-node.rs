@@ -146,6 +146,10 @@ struct Args {
     #[arg(long, env = "EBB_MAX_INFLIGHT", default_value_t = config::DEFAULT_MAX_INFLIGHT,
           value_parser = clap::value_parser!(u64).range(1..=4096).map(|v| v as usize))]
     max_inflight: usize,
+    /// Pushes a connection may have waiting before it is closed as too slow (1008).
+    #[arg(long, env = "EBB_PUSH_QUEUE", default_value_t = config::DEFAULT_PUSH_QUEUE,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|v| v as usize))]
+    push_queue: usize,
 }
 
 fn parse_close_code(s: &str) -> Result<u16, String> {
@@ -179,6 +183,7 @@ impl Args {
                 read_buffer_size: self.read_buffer_size,
                 max_inflight: self.max_inflight,
                 ping_interval: self.ping_interval.into(),
+                push_queue: self.push_queue,
             },
             door: DoorConfig {
                 capacity: self.capacity,

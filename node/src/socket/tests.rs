@@ -65,17 +65,23 @@ impl Peer {
 
 struct Harness {
     app: Echo,
-    mailbox: Mailbox,
+    mailbox: std::sync::Arc<Mailbox>,
     terminate: CancellationToken,
     config: ConnectionConfig,
     metrics: Metrics,
 }
 
 impl Harness {
+    /// The app's push handle on the harness's connection, with a queue of `limit`.
+    fn conn(&self, limit: usize) -> crate::push::Conn {
+        let d = Duration::from_secs(3);
+        crate::push::Conn::new(1, self.mailbox.clone(), limit, d, Duration::from_secs(1))
+    }
+
     fn new(delay_ms: u64) -> Self {
         Harness {
             app: Echo::with_delay(Duration::from_millis(delay_ms)),
-            mailbox: Mailbox::default(),
+            mailbox: Default::default(),
             terminate: CancellationToken::new(),
             config: ConnectionConfig {
                 ping_interval: Duration::from_secs(30),
@@ -88,6 +94,7 @@ impl Harness {
     fn cx(&self) -> Context<'_, Echo> {
         Context {
             app: &self.app,
+            state: &(),
             mailbox: &self.mailbox,
             terminate: &self.terminate,
             config: &self.config,
@@ -115,6 +122,7 @@ fn order(close_timeout_ms: u64) -> CloseOrder {
         reason: r#"{"reason":"draining","retry_after_ms":500}"#.into(),
         inflight_timeout: Duration::from_secs(3),
         close_timeout: Duration::from_millis(close_timeout_ms),
+        by_app: false,
     }
 }
 
@@ -249,7 +257,7 @@ async fn a_live_peer_survives_pings() {
     };
     let start = Instant::now();
     let (outcome, ()) = tokio::join!(run(&mut ws, h.cx()), driver);
-    assert_eq!(outcome, Outcome::ClientClosed);
+    assert_eq!(outcome, Outcome::ClientClosed { code: None });
     assert_eq!(start.elapsed(), Duration::from_secs(150));
 }
 
@@ -320,4 +328,90 @@ async fn a_peer_that_stopped_reading_is_cut_at_the_deadline() {
         "the blocked Close send was cut"
     );
     assert_eq!(start.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushes_go_out_in_order_and_those_queued_before_a_drain_precede_its_close() {
+    let h = Harness::new(0);
+    let conn = h.conn(16);
+    let (mut ws, mut peer) = pipe();
+    let driver = async {
+        conn.send(Message::text("p0")).unwrap();
+        conn.send(Message::text("p1")).unwrap();
+        assert_eq!(peer.recv().await, Message::text("p0"));
+        assert_eq!(peer.recv().await, Message::text("p1"));
+        // Queued, then the drain's close order at once: the pushes still go first.
+        conn.send(Message::text("p2")).unwrap();
+        conn.send(Message::text("p3")).unwrap();
+        h.mailbox.close(order(1_000));
+        assert_eq!(peer.recv().await, Message::text("p2"));
+        assert_eq!(peer.recv().await, Message::text("p3"));
+        assert_eq!(close_code(&peer.recv().await), Some(1001));
+        assert_eq!(
+            conn.send(Message::text("late")),
+            Err(crate::PushError::Closed)
+        );
+        peer.send(Message::Close(None));
+    };
+    let (outcome, ()) = tokio::join!(run(&mut ws, h.cx()), driver);
+    assert_eq!(outcome, Outcome::Drained { clean: true });
+    let text = h.metrics.render(ebb_proto::NodeState::Draining, 0);
+    assert!(text.contains("ebb_messages_pushed_total 4"), "{text}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_cut_as_too_slow_once_its_pushes_overflow() {
+    let h = Harness::new(0);
+    let conn = h.conn(8);
+    let (mut ws, _peer) = pipe();
+    ws.stuck = true;
+    let driver = async {
+        // The first push blocks the socket's write; the queue then fills and overflows.
+        let mut refused = None;
+        for i in 0..100 {
+            if let Err(e) = conn.send(Message::text(format!("p{i}"))) {
+                refused = Some((i, e));
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        refused
+    };
+    let start = Instant::now();
+    let (outcome, refused) = tokio::join!(run(&mut ws, h.cx()), driver);
+    let (at, error) = refused.expect("a push was refused");
+    assert_eq!(error, crate::PushError::TooSlow);
+    assert!(
+        at <= 10,
+        "refused at push {at}: at most the queue plus the one being written"
+    );
+    assert_eq!(outcome, Outcome::TooSlow);
+    // Bounded by the Close's own write limit, not by any drain deadline.
+    assert!(
+        start.elapsed() <= TOO_SLOW_CLOSE_WITHIN,
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        conn.send(Message::text("after")),
+        Err(crate::PushError::Closed)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_app_closes_with_its_own_code_after_its_pushes() {
+    let h = Harness::new(0);
+    let conn = h.conn(16);
+    let (mut ws, mut peer) = pipe();
+    let driver = async {
+        conn.send(Message::text("last words")).unwrap();
+        conn.close(4003, "kicked").unwrap();
+        assert_eq!(peer.recv().await, Message::text("last words"));
+        let close = peer.recv().await;
+        assert_eq!(close_code(&close), Some(4003));
+        peer.send(Message::Close(None));
+    };
+    let (outcome, ()) = tokio::join!(run(&mut ws, h.cx()), driver);
+    assert_eq!(outcome, Outcome::AppClosed { code: 4003 });
+    assert_eq!(outcome.ended(), crate::Ended::ByApp { code: 4003 });
 }
