@@ -21,6 +21,7 @@
 //! - `handshake`: what the app sees of an upgrade request ([`Handshake`]) and its [`Refusal`];
 //! - `push`: the per-connection handle [`Conn`] (bounded pushes, the slow-consumer policy);
 //! - [`rooms`]: connections grouped by name on this node, for fan-out;
+//! - [`chat`]: the reference chat app (rooms across the cluster, recovery from a Redis history);
 //! - [`control`]: [`Control`], the handle every trigger uses, and [`DrainReport`];
 //! - `drain`: the drain controller (one code path);
 //! - `shed`: closing some connections of an active node, paced, each sent to a target;
@@ -36,6 +37,7 @@
 
 pub mod agent;
 pub mod app;
+pub mod chat;
 pub mod config;
 pub mod control;
 mod door;

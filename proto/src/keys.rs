@@ -19,6 +19,10 @@
 //! | [`Keys::serve_leader`] `ebb:{c}:serve:leader` | string: leader's id, PX [`LEADER_TTL`] | `ebb serve` | `ebb serve`, the API |
 //! | [`Keys::rollout_control`] `ebb:{c}:rollout:control` | string: [`crate::control`] JSON (sealed with a secret) | `ebb rollout`, CI, coordinator (`--pause-after`) | coordinator (every tick) |
 //! | [`Keys::rollout_state`] `ebb:{c}:rollout:state` | string: JSON rollout progress, for `--resume` | coordinator | coordinator |
+//! | [`Keys::chat_seq`] `ebb:{c}:chat:seq:<room>` | string: the room's last sequence number | the chat app (its store script) | the chat app |
+//! | [`Keys::chat_history`] `ebb:{c}:chat:history:<room>` | sorted set: member = stored message JSON, score = seq; at most [`crate::chat::HISTORY_LEN`], none older than [`crate::chat::HISTORY_AGE_MS`] | the chat app | the chat app (a reconnect's `after=N`) |
+//! | [`Keys::chat_ids`] `ebb:{c}:chat:ids:<room>` | sorted set: member = message id, score = its seq, trimmed with the history | the chat app (a resent id is acked, not stored again) | the chat app |
+//! | [`Keys::chat_channel`] `ebb:{c}:chat` | pub/sub channel of [`crate::chat::RoomMessage`] JSON | the chat app's store script | every chat node |
 //!
 //! Redis ACL key and channel patterns ([`crate::acl`]) come from here too: [`Keys::any_node`],
 //! [`Keys::instances_of`], [`Keys::any_instance`], [`Keys::any_desired`], [`Keys::any_nonce`],
@@ -143,6 +147,26 @@ impl Keys {
     /// `ebb:{c}:nonce:*`: the ACL pattern of every nonce key.
     pub fn any_nonce(&self) -> String {
         self.of_kind("nonce") + "*"
+    }
+
+    /// The last sequence number of chat room `room` (a name [`crate::chat::validate_room`] took).
+    pub fn chat_seq(&self, room: &str) -> String {
+        format!("{}chat:seq:{room}", self.prefix)
+    }
+
+    /// The stored messages of chat room `room`.
+    pub fn chat_history(&self, room: &str) -> String {
+        format!("{}chat:history:{room}", self.prefix)
+    }
+
+    /// The ids stored in chat room `room`, each with its seq.
+    pub fn chat_ids(&self, room: &str) -> String {
+        format!("{}chat:ids:{room}", self.prefix)
+    }
+
+    /// Where every stored chat message is published.
+    pub fn chat_channel(&self) -> String {
+        format!("{}chat", self.prefix)
     }
 
     /// `ebb:{c}:events`: the channel every node of the cluster publishes events on.

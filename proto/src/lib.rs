@@ -20,6 +20,7 @@
 //! - [`time`]: wall-clock milliseconds, the unit every timestamp on the wire uses.
 
 pub mod acl;
+pub mod chat;
 pub mod close;
 pub mod command;
 pub mod control;

@@ -146,6 +146,9 @@ struct Args {
     #[arg(long, env = "EBB_MAX_INFLIGHT", default_value_t = config::DEFAULT_MAX_INFLIGHT,
           value_parser = clap::value_parser!(u64).range(1..=4096).map(|v| v as usize))]
     max_inflight: usize,
+    /// The app to serve.
+    #[arg(long, env = "EBB_APP", value_enum, default_value = "echo")]
+    app: AppKind,
     /// Pushes a connection may have waiting before it is closed as too slow (1008).
     #[arg(long, env = "EBB_PUSH_QUEUE", default_value_t = config::DEFAULT_PUSH_QUEUE,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000).map(|v| v as usize))]
@@ -271,6 +274,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// Which app the node serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum AppKind {
+    /// `Echo: <message>` for every message.
+    Echo,
+    /// The reference chat: `/ws?room=R[&after=N]`, rooms across the cluster through --redis.
+    Chat,
+}
+
 async fn run(
     args: Args,
     name: NodeName,
@@ -278,11 +290,39 @@ async fn run(
     link: Option<ebb_redis::Link>,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    match args.app {
+        AppKind::Echo => {
+            let echo = Echo::with_delay(args.echo_delay.into());
+            serve(args, name, secret, link, echo).await
+        }
+        AppKind::Chat => {
+            let chat = match &link {
+                Some(link) => {
+                    let keys = ebb_proto::Keys::new(&args.cluster)?;
+                    ebb_node::chat::Chat::with_redis(link.clone(), keys)
+                        .await
+                        .context("the chat app cannot reach Redis")?
+                }
+                None => ebb_node::chat::Chat::local(),
+            };
+            serve(args, name, secret, link, chat).await
+        }
+    }
+}
+
+async fn serve<A: ebb_node::App>(
+    args: Args,
+    name: NodeName,
+    secret: Option<ebb_proto::sign::Secret>,
+    link: Option<ebb_redis::Link>,
+    app: A,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
     // Installed before anything is served, so a signal never meets the default action.
     let signals = Signals::install().context("cannot install signal handlers")?;
     let listener = listen(args.listen, args.listen_backlog)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let node = Node::new(args.node_config(), Echo::with_delay(args.echo_delay.into()));
+    let node = Node::new(args.node_config(), app);
     let metrics = node.metrics();
     let running = node.start(listener)?;
     tracing::info!(%name, addr = %running.local_addr(), "ebb-node listening");
