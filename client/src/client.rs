@@ -112,8 +112,14 @@ pub enum Event {
         id: u64,
         text: String,
     },
-    /// A text the correlation did not claim (server push).
-    Push(String),
+    /// A text the correlation did not claim (a server push); `seq` is the sequence number the
+    /// app gave it ([`crate::Correlate::seq_of`]), each at most once: a push whose seq is not
+    /// above the last one seen is a duplicate and dropped (counted in
+    /// [`crate::Stats::push_duplicates`]).
+    Push {
+        text: String,
+        seq: Option<u64>,
+    },
     /// The server announced its shutdown.
     Notice(ShutdownNotice),
     /// The connection ended: with the Close code, or `None` when abnormal (no Close frame).

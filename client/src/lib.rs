@@ -14,7 +14,8 @@
 //! - `follow` (private): which reconnect targets a server names are followed (configured URLs
 //!   only, by default);
 //! - [`backoff`]: advised delays and full-jitter exponential backoff;
-//! - [`protocol`]: how messages carry ids ([`Correlate`], [`Echo`] for ebb's echo app);
+//! - [`protocol`]: how messages carry ids and pushes their sequence numbers ([`Correlate`],
+//!   [`Echo`] for ebb's echo app, [`Chat`] for its chat app);
 //! - [`stats`]: what a client counts;
 //! - [`connect`]: one connection, optionally from a chosen source address;
 //! - [`load`]: the modes of `ebb-load`.
@@ -32,5 +33,5 @@ mod task;
 
 pub use backoff::Backoff;
 pub use client::{Client, ClientConfig, Event, SendError};
-pub use protocol::{Correlate, Echo};
+pub use protocol::{Chat, Correlate, Echo};
 pub use stats::Stats;

@@ -1,7 +1,12 @@
-//! How a client's messages carry their ids, so replies can be matched and duplicates dropped.
+//! How a client's messages carry their ids, so replies can be matched and duplicates dropped,
+//! and how an app's pushes carry their sequence numbers, so a reconnect resumes after the last
+//! one and a push seen twice is dropped.
 //!
-//! The client sends every message as `<id> <payload>`; the app must echo the id in its reply.
-//! [`Echo`] is the correlation for ebb's reference app, which replies `Echo: <message>`.
+//! [`Echo`] is the correlation for ebb's echo app (`<id> <payload>`, answered `Echo: <id>
+//! <payload>`); [`Chat`] is the one for ebb's chat app (`ebb-node --app chat`,
+//! [`ebb_proto::chat`]).
+
+use ebb_proto::chat::{Ack, RoomMessage};
 
 /// Tags outgoing messages with their id and finds the id in a reply.
 pub trait Correlate: Send + Sync + 'static {
@@ -9,6 +14,65 @@ pub trait Correlate: Send + Sync + 'static {
     fn tag(&self, id: u64, payload: &str) -> String;
     /// The id a reply answers, or `None` for a text that answers nothing (a push, a notice).
     fn id_of(&self, reply: &str) -> Option<u64>;
+    /// The sequence number of a push, when the app numbers them.
+    fn seq_of(&self, push: &str) -> Option<u64> {
+        let _ = push;
+        None
+    }
+    /// The URL of a reconnect that has seen every push up to `last_seq`.
+    fn resume(&self, url: &str, last_seq: u64) -> String {
+        let _ = last_seq;
+        url.to_owned()
+    }
+}
+
+/// Correlation for ebb's chat app: a message is posted as `{"id":"<sender>-<n>","text":...}`,
+/// answered by its `{"ack":...,"seq":N}`; room messages are pushes numbered by their `seq`; a
+/// reconnect asks for `after=<last seq>` (the URL carries `?room=R`).
+#[derive(Debug, Clone)]
+pub struct Chat {
+    sender: String,
+}
+
+impl Chat {
+    /// `sender` makes this client's ids unique in the room (1 to 40 bytes; a UUID does).
+    pub fn new(sender: impl Into<String>) -> Self {
+        Chat {
+            sender: sender.into(),
+        }
+    }
+}
+
+impl Correlate for Chat {
+    fn tag(&self, id: u64, payload: &str) -> String {
+        serde_json::json!({ "id": format!("{}-{id}", self.sender), "text": payload }).to_string()
+    }
+
+    fn id_of(&self, reply: &str) -> Option<u64> {
+        let ack: Ack = serde_json::from_str(reply).ok()?;
+        ack.ack
+            .strip_prefix(&self.sender)?
+            .strip_prefix('-')?
+            .parse()
+            .ok()
+    }
+
+    fn seq_of(&self, push: &str) -> Option<u64> {
+        serde_json::from_str::<RoomMessage>(push)
+            .ok()
+            .map(|m| m.seq)
+    }
+
+    fn resume(&self, url: &str, last_seq: u64) -> String {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut params: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("after="))
+            .collect();
+        let after = format!("after={last_seq}");
+        params.push(&after);
+        format!("{base}?{}", params.join("&"))
+    }
 }
 
 /// Correlation for ebb's echo app: sends `<id> <payload>`, reads `Echo: <id> <payload>`.
@@ -30,6 +94,34 @@ impl Correlate for Echo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chat_posts_carry_the_senders_ids_and_a_reconnect_resumes_after_the_last_seq() {
+        let chat = Chat::new("c7");
+        let sent: serde_json::Value = serde_json::from_str(&chat.tag(3, "hi \"there\"")).unwrap();
+        assert_eq!(sent, serde_json::json!({"id":"c7-3","text":"hi \"there\""}));
+        assert_eq!(chat.id_of(r#"{"ack":"c7-3","seq":12}"#), Some(3));
+        assert_eq!(
+            chat.id_of(r#"{"ack":"c70-3","seq":12}"#),
+            None,
+            "another sender's"
+        );
+        assert_eq!(
+            chat.id_of(r#"{"room":"r","seq":1,"id":"c7-3","text":"x"}"#),
+            None
+        );
+        assert_eq!(
+            chat.seq_of(r#"{"room":"r","seq":41,"id":"x","text":"y"}"#),
+            Some(41)
+        );
+        assert_eq!(chat.seq_of(r#"{"room":"r","gap_from":3}"#), None);
+        assert_eq!(
+            chat.resume("ws://h:1/ws?room=r&after=2", 9),
+            "ws://h:1/ws?room=r&after=9"
+        );
+        assert_eq!(chat.resume("ws://h:1/ws", 9), "ws://h:1/ws?after=9");
+        assert_eq!(Echo.resume("ws://h:1/ws", 9), "ws://h:1/ws");
+    }
 
     #[test]
     fn echo_round_trip() {

@@ -123,8 +123,27 @@ impl Task {
                 self.emit(Event::Reply { id, text }).await;
             }
             Some(_) => self.stat(|s| s.duplicates += 1),
-            None => self.emit(Event::Push(text.to_owned())).await,
+            None => self.push(text).await,
         }
+    }
+
+    /// A push: in sequence (above the last seq seen), a duplicate (dropped), or unnumbered.
+    async fn push(&mut self, text: &str) {
+        let seq = self.correlate.seq_of(text);
+        if let Some(seq) = seq {
+            match self.last_seq {
+                Some(last) if seq <= last => {
+                    self.stat(|s| s.push_duplicates += 1);
+                    return;
+                }
+                Some(last) if seq > last + 1 => self.stat(|s| s.push_gaps += 1),
+                _ => {}
+            }
+            self.last_seq = Some(seq);
+        }
+        self.stat(|s| s.pushes += 1);
+        let text = text.to_owned();
+        self.emit(Event::Push { text, seq }).await;
     }
 }
 

@@ -30,6 +30,12 @@ pub struct Stats {
     pub abnormal: u64,
     /// Notices received.
     pub notices: u64,
+    /// Pushes handed to the application.
+    pub pushes: u64,
+    /// Pushes dropped as duplicates (a seq not above the last one seen).
+    pub push_duplicates: u64,
+    /// Pushes whose seq jumped past the next one (something in between never came).
+    pub push_gaps: u64,
     /// Connections made to a reconnect target a server named.
     pub targets_followed: u64,
     /// Reconnect targets not followed: not among the configured URLs (or too long to be one).
@@ -57,6 +63,9 @@ impl Stats {
         }
         self.abnormal += other.abnormal;
         self.notices += other.notices;
+        self.pushes += other.pushes;
+        self.push_duplicates += other.push_duplicates;
+        self.push_gaps += other.push_gaps;
         self.targets_followed += other.targets_followed;
         self.targets_ignored += other.targets_ignored;
         self.reconnect_ms.extend(&other.reconnect_ms);

@@ -86,6 +86,8 @@ pub(crate) struct Task {
     pub pending: BTreeMap<u64, Pending>,
     /// The current connection answered something (it is not flapping).
     pub answered_here: bool,
+    /// The last push sequence number seen, across connections: a reconnect resumes after it.
+    pub last_seq: Option<u64>,
 }
 
 /// The server's word on the target: the latest wins, and one too long to be a target counts
@@ -113,6 +115,7 @@ impl Task {
             shared,
             pending: BTreeMap::new(),
             answered_here: false,
+            last_seq: None,
         }
     }
 
@@ -166,6 +169,10 @@ impl Task {
                 },
             };
             let url = choice.url(&self.config.urls);
+            let url = match self.last_seq {
+                Some(last) => self.correlate.resume(&url, last),
+                None => url,
+            };
             let ws = match (self.attempt(&url).await, &choice) {
                 (Ok(ws), _) => ws,
                 (Err(error), Choice::Target(_)) => {

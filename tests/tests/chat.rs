@@ -1,20 +1,20 @@
 //! The reference chat app (`ebb-node --app chat`) over real TCP: its wire protocol on one node
 //! without Redis, and three nodes sharing rooms through a real Redis through a rolling restart,
-//! with clients that resume from the last `seq` they have: every client gets every message of its
-//! room from its first `seq` to the last, none twice, and every sent id is stored exactly once.
+//! with ebb-client's chat correlation resuming from the last `seq` it has on whichever node takes
+//! it: every client gets every message of its room from its first `seq` to the last, none twice,
+//! and every sent id is stored exactly once.
 
+use ebb_client::{Chat, Client, ClientConfig, Event};
 use ebb_proto::chat::{Ack, RoomMessage};
 use ebb_tests::eventually;
 use ebb_tests::fleet::{Supervised, ebb, node_args};
 use ebb_tests::process::Node;
 use ebb_tests::redis::Redis;
-use ebb_tests::ws::{Client, Seen};
-use futures_util::{SinkExt, StreamExt};
+use ebb_tests::ws::{Client as WsClient, Seen};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tungstenite::Message;
 
 const SECS: fn(u64) -> Duration = Duration::from_secs;
 const CLUSTER: &str = "chat";
@@ -30,9 +30,9 @@ fn json(seen: Seen) -> serde_json::Value {
 async fn one_node_without_redis_numbers_acks_and_broadcasts_and_refuses_what_is_wrong() {
     let node = Node::start(&["--app", "chat"]).await;
     let url = |q: &str| format!("ws://{}/ws{q}", node.addr);
-    let mut a = Client::connect(&url("?room=r1")).await;
-    let mut b = Client::connect(&url("?room=r1")).await;
-    let mut other = Client::connect(&url("?room=r2")).await;
+    let mut a = WsClient::connect(&url("?room=r1")).await;
+    let mut b = WsClient::connect(&url("?room=r1")).await;
+    let mut other = WsClient::connect(&url("?room=r2")).await;
     a.send(r#"{"id":"a-1","text":"hello"}"#).await;
     let mut got_a = [json(a.next(SECS(5)).await), json(a.next(SECS(5)).await)];
     got_a.sort_by_key(|v| v.get("ack").is_some());
@@ -67,7 +67,7 @@ async fn one_node_without_redis_numbers_acks_and_broadcasts_and_refuses_what_is_
     assert_eq!(acked["seq"], 2);
 
     // A reconnect that says what it has gets the rest, then live ones.
-    let mut late = Client::connect(&url("?room=r1&after=1")).await;
+    let mut late = WsClient::connect(&url("?room=r1&after=1")).await;
     assert_eq!(json(late.next(SECS(5)).await)["seq"], 2);
 
     // Garbage is answered, never stored.
@@ -89,7 +89,7 @@ async fn one_node_without_redis_numbers_acks_and_broadcasts_and_refuses_what_is_
         "?room=r1&after=-1",
         "?room=r1&after=x",
     ] {
-        match Client::try_connect(&url(query)).await {
+        match WsClient::try_connect(&url(query)).await {
             Err(tungstenite::Error::Http(response)) => {
                 assert_eq!(response.status(), 400, "{query}");
             }
@@ -98,19 +98,21 @@ async fn one_node_without_redis_numbers_acks_and_broadcasts_and_refuses_what_is_
     }
 }
 
-/// What one resuming client saw and did.
+/// What one client's application saw.
 #[derive(Debug, Default)]
 struct Heard {
-    /// Every room message received, in order (duplicates included, to count them).
+    /// Every room message handed to the application, in order.
     seqs: Vec<u64>,
     ids: Vec<String>,
     acked: BTreeMap<String, u64>,
-    reconnects: u64,
+    connections: u64,
     gaps: u64,
+    /// Pushes ebb-client dropped as seen before (the server should send none twice).
+    duplicates: u64,
 }
 
-/// A chat client that posts every `every`, resends what is unacked after a reconnect, and
-/// resumes from the last seq it has on whichever node takes it.
+/// An ebb-client with the chat correlation: it posts every `every` until `stop`, and on every
+/// reconnect (any node) resumes after the last seq it has and resends what was not acked.
 async fn client(
     urls: Vec<String>,
     start: usize,
@@ -118,66 +120,41 @@ async fn client(
     me: String,
     every: Duration,
     stop: CancellationToken,
-    seen: Arc<Mutex<Heard>>,
+    heard: Arc<Mutex<Heard>>,
 ) {
-    let mut first = true;
-    let mut sent = 0u64;
-    let mut pending: BTreeMap<String, String> = BTreeMap::new();
-    let mut at = start;
+    let mut config = ClientConfig::new(urls.iter().map(|u| format!("{u}?room={room}")).collect());
+    config.first_url = start % urls.len();
+    let (client, mut events) = Client::start(config, Chat::new(me.clone()));
+    let mut tick = tokio::time::interval(every);
+    let mut n = 0;
     loop {
-        let last = seen.lock().unwrap().seqs.last().copied();
-        let query = match (first, last) {
-            (false, Some(last)) => format!("?room={room}&after={last}"),
-            _ => format!("?room={room}"),
-        };
-        let url = format!("{}{query}", urls[at % urls.len()]);
-        at += 1;
-        let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&url).await else {
-            // That node is restarting: the next one.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        if !first {
-            seen.lock().unwrap().reconnects += 1;
-        }
-        first = false;
-        for (id, text) in &pending {
-            let _ = ws
-                .send(Message::text(format!(r#"{{"id":"{id}","text":"{text}"}}"#)))
-                .await;
-        }
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tokio::select! {
-                _ = tick.tick(), if !stop.is_cancelled() => {
-                    let id = format!("{me}-{sent}");
-                    let text = format!("m{sent}");
-                    sent += 1;
-                    pending.insert(id.clone(), text.clone());
-                    if ws.send(Message::text(format!(r#"{{"id":"{id}","text":"{text}"}}"#))).await.is_err() {
-                        break;
+        tokio::select! {
+            _ = tick.tick(), if !stop.is_cancelled() => {
+                client.send(format!("{me} says {n}")).expect("the client takes it");
+                n += 1;
+            }
+            event = events.recv() => {
+                let Some(event) = event else { return };
+                let mut heard = heard.lock().unwrap();
+                heard.duplicates = client.stats().push_duplicates;
+                match event {
+                    Event::Reply { text, .. } => {
+                        let ack: Ack = serde_json::from_str(&text).unwrap();
+                        heard.acked.insert(ack.ack, ack.seq);
                     }
+                    Event::Push { text, seq: Some(seq) } => {
+                        let m: RoomMessage = serde_json::from_str(&text).unwrap();
+                        assert_eq!((m.room.as_str(), m.seq), (room.as_str(), seq));
+                        heard.seqs.push(seq);
+                        heard.ids.push(m.id);
+                    }
+                    Event::Push { text, seq: None } => {
+                        assert!(text.contains("gap_from"), "{text}");
+                        heard.gaps += 1;
+                    }
+                    Event::Connected { .. } => heard.connections += 1,
+                    _ => {}
                 }
-                frame = ws.next() => match frame {
-                    Some(Ok(Message::Text(text))) => {
-                        let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
-                        let mut seen = seen.lock().unwrap();
-                        if v.get("ack").is_some() {
-                            let ack: Ack = serde_json::from_value(v).unwrap();
-                            pending.remove(&ack.ack);
-                            seen.acked.insert(ack.ack, ack.seq);
-                        } else if v.get("gap_from").is_some() {
-                            seen.gaps += 1;
-                        } else if v.get("seq").is_some() {
-                            let m: RoomMessage = serde_json::from_value(v).unwrap();
-                            assert_eq!(m.room, room);
-                            seen.seqs.push(m.seq);
-                            seen.ids.push(m.id);
-                        }
-                    }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                    Some(Ok(_)) => {}
-                },
             }
         }
     }
@@ -266,7 +243,8 @@ async fn three_rooms_across_three_nodes_lose_nothing_and_repeat_nothing_through_
     let mut stored: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
     for (room, s) in &logs {
         let s = s.lock().unwrap();
-        reconnects += s.reconnects;
+        reconnects += s.connections - 1;
+        assert_eq!(s.duplicates, 0, "{room}: the server sent no push twice");
         let first = s.seqs[0];
         let expected: Vec<u64> = (first..=*s.seqs.last().unwrap()).collect();
         assert_eq!(

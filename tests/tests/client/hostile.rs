@@ -149,7 +149,7 @@ async fn a_server_pushing_faster_than_the_application_reads_is_held_back() {
         let mut next = 0;
         while next < PUSHES {
             match events.recv().await.expect("the client stopped") {
-                Event::Push(text) => {
+                Event::Push { text, .. } => {
                     assert!(text.starts_with(&format!("push {next} ")), "{next}");
                     next += 1;
                 }
