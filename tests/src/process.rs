@@ -171,6 +171,20 @@ impl Proc {
         self.stdout.lines.lock().unwrap().clone()
     }
 
+    /// Writes `line` and a newline to its stdin (started with [`Options::stdin`]).
+    pub async fn write_line(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        let stdin = self
+            .child
+            .stdin
+            .as_mut()
+            .expect("started with a stdin pipe");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write to stdin");
+    }
+
     /// Sends a signal.
     pub fn signal(&self, signal: Signal) {
         kill(self.pid, signal).unwrap_or_else(|e| panic!("kill {signal}: {e}"));

@@ -8,7 +8,7 @@ use ebb_client::{Chat, Client, ClientConfig, Event};
 use ebb_proto::chat::{Ack, RoomMessage};
 use ebb_tests::eventually;
 use ebb_tests::fleet::{Supervised, ebb, node_args};
-use ebb_tests::process::Node;
+use ebb_tests::process::{Node, Options, Proc};
 use ebb_tests::redis::Redis;
 use ebb_tests::ws::{Client as WsClient, Seen};
 use std::collections::{BTreeMap, BTreeSet};
@@ -276,4 +276,52 @@ async fn three_rooms_across_three_nodes_lose_nothing_and_repeat_nothing_through_
     for node in &nodes {
         assert_eq!(node.starts(), 2, "{} replaced once", node.name);
     }
+}
+
+#[tokio::test]
+async fn the_example_client_resumes_on_another_node_and_prints_every_message_once() {
+    let redis = Redis::run().await;
+    let mut nodes = Vec::new();
+    let mut urls = Vec::new();
+    for name in ["n1", "n2"] {
+        let args = node_args(
+            redis.url(),
+            CLUSTER,
+            &["--app", "chat", "--close-spread", "300ms"],
+        );
+        let node = Supervised::start(name, args).await;
+        urls.push(node.ws_url().await);
+        nodes.push(node);
+    }
+    let script = format!("{}/../examples/chat/client.js", env!("CARGO_MANIFEST_DIR"));
+    let mut client = Proc::spawn_with(
+        std::path::Path::new("node"),
+        &[script, urls.join(","), "lobby".into(), "ann".into()],
+        Options {
+            stdin: true,
+            ..Options::default()
+        },
+    );
+    for i in 0..20 {
+        if i == 10 {
+            // The node it is on drains: it resumes on the other one.
+            nodes[0].signal(nix::sys::signal::Signal::SIGTERM);
+        }
+        client.write_line(&format!("line {i}")).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.wait_stdout("ann: line 19", SECS(20)).await;
+    let printed = client.stdout();
+    let expected: Vec<String> = (0..20)
+        .map(|i| format!("{} ann: line {i}", i + 1))
+        .collect();
+    assert_eq!(
+        printed, expected,
+        "each message once, in order, seq 1 to 20"
+    );
+    // n1 drained its client away and exited (and its supervisor started it again).
+    eventually("n1 drained and back", SECS(20), || async {
+        (nodes[0].starts() == 2).then_some(())
+    })
+    .await;
 }

@@ -50,6 +50,10 @@ pub struct Member {
     room: String,
     conn: Conn,
     cursor: Mutex<Cursor>,
+    /// Held while one of its posts is stored: the socket loop runs a connection's messages
+    /// concurrently, and a sender's posts must be numbered in the order it sent them (the lock
+    /// is FIFO, taken at each post's first poll, which comes in arrival order).
+    posting: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug)]
@@ -216,6 +220,7 @@ impl App for Chat {
                     catching_up: after.is_some(),
                     held: Vec::new(),
                 }),
+                posting: tokio::sync::Mutex::new(()),
             });
             self.inner
                 .members
@@ -233,8 +238,10 @@ impl App for Chat {
     }
 
     fn handle(&self, member: &Arc<Member>, message: Message) -> Self::Reply {
-        let (inner, room) = (self.inner.clone(), member.room.clone());
+        let (inner, member) = (self.inner.clone(), member.clone());
         Box::pin(async move {
+            let _in_order = member.posting.lock().await;
+            let room = &member.room;
             let text = match message {
                 Message::Text(text) => text,
                 _ => return Some(error("send text: {\"id\",\"text\"}", None)),
@@ -243,7 +250,7 @@ impl App for Chat {
                 Ok(post) => post,
                 Err(why) => return Some(error(&why, None)),
             };
-            match inner.store.store(&room, &post.id, &post.text).await {
+            match inner.store.store(room, &post.id, &post.text).await {
                 Ok((seq, stored)) => {
                     if let Some(message) = stored {
                         inner.deliver(&message);
