@@ -113,9 +113,9 @@ pub enum Event {
         text: String,
     },
     /// A text the correlation did not claim (a server push); `seq` is the sequence number the
-    /// app gave it ([`crate::Correlate::seq_of`]), each at most once: a push whose seq is not
-    /// above the last one seen is a duplicate and dropped (counted in
-    /// [`crate::Stats::push_duplicates`]).
+    /// app gave it ([`crate::Correlate::seq_of`]), each handed on at most once (one seen before
+    /// is dropped, counted in [`crate::Stats::push_duplicates`]); a reconnect resumes after the
+    /// last contiguous seq ([`crate::Correlate::resume`]).
     Push {
         text: String,
         seq: Option<u64>,

@@ -13,6 +13,7 @@
 //! - `plan` (private): where and when to connect next, and what servers advised;
 //! - `follow` (private): which reconnect targets a server names are followed (configured URLs
 //!   only, by default);
+//! - `sequence` (private): the push seqs seen, the resume point, duplicates;
 //! - [`backoff`]: advised delays and full-jitter exponential backoff;
 //! - [`protocol`]: how messages carry ids and pushes their sequence numbers ([`Correlate`],
 //!   [`Echo`] for ebb's echo app, [`Chat`] for its chat app);
@@ -27,6 +28,7 @@ mod follow;
 pub mod load;
 mod plan;
 pub mod protocol;
+mod sequence;
 mod session;
 pub mod stats;
 mod task;

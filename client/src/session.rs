@@ -13,6 +13,7 @@
 use crate::backoff::deadline;
 use crate::client::Event;
 use crate::plan::Advice;
+use crate::sequence::Seen;
 use crate::task::{Command, Ending, Task, advise_target};
 use ebb_proto::{CloseReason, ShutdownNotice, close};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -127,19 +128,18 @@ impl Task {
         }
     }
 
-    /// A push: in sequence (above the last seq seen), a duplicate (dropped), or unnumbered.
+    /// A push: new (handed on), seen before (dropped), or unnumbered ([`crate::sequence`]).
     async fn push(&mut self, text: &str) {
         let seq = self.correlate.seq_of(text);
         if let Some(seq) = seq {
-            match self.last_seq {
-                Some(last) if seq <= last => {
+            match self.sequence.see(seq) {
+                Seen::Again => {
                     self.stat(|s| s.push_duplicates += 1);
                     return;
                 }
-                Some(last) if seq > last + 1 => self.stat(|s| s.push_gaps += 1),
-                _ => {}
+                Seen::AfterHole => self.stat(|s| s.push_gaps += 1),
+                Seen::New => {}
             }
-            self.last_seq = Some(seq);
         }
         self.stat(|s| s.pushes += 1);
         let text = text.to_owned();

@@ -34,7 +34,7 @@ pub struct Stats {
     pub pushes: u64,
     /// Pushes dropped as duplicates (a seq not above the last one seen).
     pub push_duplicates: u64,
-    /// Pushes whose seq jumped past the next one (something in between never came).
+    /// Pushes that came after a hole (a seq before them had not come yet).
     pub push_gaps: u64,
     /// Connections made to a reconnect target a server named.
     pub targets_followed: u64,

@@ -14,6 +14,7 @@ use crate::connect::{self, ConnectError, Ws};
 use crate::follow::{self, Goto};
 use crate::plan::{Advice, Choice, Plan};
 use crate::protocol::Correlate;
+use crate::sequence::Sequence;
 use crate::stats::Stats;
 use ebb_proto::{CloseReason, close};
 use std::collections::BTreeMap;
@@ -86,8 +87,8 @@ pub(crate) struct Task {
     pub pending: BTreeMap<u64, Pending>,
     /// The current connection answered something (it is not flapping).
     pub answered_here: bool,
-    /// The last push sequence number seen, across connections: a reconnect resumes after it.
-    pub last_seq: Option<u64>,
+    /// The push sequence seen, across connections: a reconnect resumes after its contiguous end.
+    pub sequence: Sequence,
 }
 
 /// The server's word on the target: the latest wins, and one too long to be a target counts
@@ -115,7 +116,7 @@ impl Task {
             shared,
             pending: BTreeMap::new(),
             answered_here: false,
-            last_seq: None,
+            sequence: Sequence::default(),
         }
     }
 
@@ -169,7 +170,7 @@ impl Task {
                 },
             };
             let url = choice.url(&self.config.urls);
-            let url = match self.last_seq {
+            let url = match self.sequence.resume_after() {
                 Some(last) => self.correlate.resume(&url, last),
                 None => url,
             };
