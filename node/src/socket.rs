@@ -114,22 +114,11 @@ where
             () = &mut terminate => return Outcome::Terminated,
             orders = &mut mailbox => {
                 mailbox.set(cx.mailbox.next());
-                if orders.overflowed {
-                    return Box::pin(too_slow(ws, &cx)).await;
-                }
-                if let Some(notice) = orders.notice
-                    && let Err(end) = cut(ws.send(Message::text(notice)), &cx).await
-                {
-                    return end;
-                }
-                for push in orders.pushes {
-                    if let Err(end) = cut(ws.send(push), &cx).await {
-                        return end;
-                    }
-                    cx.metrics.pushed();
-                }
-                if let Some(order) = orders.close {
-                    break order;
+                // Boxed: the orders and their sends would otherwise sit in every idle task.
+                match Box::pin(carry_out(ws, &cx, orders)).await {
+                    Ok(Some(order)) => break order,
+                    Ok(None) => {}
+                    Err(end) => return end,
                 }
             }
             Some(reply) = inflight.next(), if !inflight.is_empty() => {
@@ -179,6 +168,30 @@ where
     };
     // Boxed: the closing half's timers would otherwise sit in every idle connection's task.
     Box::pin(close(ws, cx, inflight, order)).await
+}
+
+/// Carries out what the mailbox held: an overflow ends the connection as too slow; a notice and
+/// the pushes are sent, in that order; a close order is handed back to begin closing.
+async fn carry_out<T, A>(
+    ws: &mut T,
+    cx: &Context<'_, A>,
+    orders: crate::registry::Orders,
+) -> Result<Option<CloseOrder>, Outcome>
+where
+    T: Sink<Message, Error = tungstenite::Error> + Unpin,
+    A: App,
+{
+    if orders.overflowed {
+        return Err(too_slow(ws, cx).await);
+    }
+    if let Some(notice) = orders.notice {
+        cut(ws.send(Message::text(notice)), cx).await?;
+    }
+    for push in orders.pushes {
+        cut(ws.send(push), cx).await?;
+        cx.metrics.pushed();
+    }
+    Ok(orders.close)
 }
 
 /// Sends one reply (if the app gave one) and counts it.
