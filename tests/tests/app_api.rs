@@ -28,6 +28,8 @@ struct Board {
     conns: Mutex<Vec<Conn>>,
     /// The flood's pushes taken, and the error that stopped it.
     flood: Mutex<Option<(u64, PushError)>>,
+    /// What each accepted upgrade looked like: its path and its peer.
+    seen: Mutex<Vec<(String, Option<std::net::SocketAddr>)>>,
 }
 
 /// Per connection: who, where, and the push handle.
@@ -57,6 +59,8 @@ impl App for Chatty {
             None => Err(Refusal::unauthorized("a token, please")),
             Some("banned") => Err(Refusal::forbidden("not you")),
             Some(user) => {
+                let seen = (handshake.path().to_owned(), handshake.peer());
+                self.0.seen.lock().unwrap().push(seen);
                 let room = handshake
                     .query_param("room")
                     .unwrap_or_else(|| "lobby".into());
@@ -201,6 +205,15 @@ async fn the_app_refuses_an_upgrade_with_its_own_status_and_serves_its_own_route
     assert!(
         board.ended.lock().unwrap().is_empty(),
         "the refused were never connections"
+    );
+    let seen = board.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let (path, peer) = &seen[0];
+    assert_eq!(path, "/ws");
+    let peer = peer.expect("the peer address");
+    assert!(
+        peer.ip().is_loopback() && peer.port() != addr.port(),
+        "{peer}"
     );
 }
 
