@@ -32,6 +32,7 @@
 //!   descriptors, capacity, per address), and how the node says no;
 //! - `upgrade`, `http`: the HTTP surface (`/ws`, `/health`, `/metrics`, `/admin/*`);
 //! - [`metrics`]: Prometheus metrics;
+//! - [`logging`]: the binaries' shared log setup;
 //! - [`agent`]: the Redis agent (registration, heartbeat, commands, events), driven by the node
 //!   library or, through [`Control::driven`], by `ebb-agent` for a server of another language.
 
@@ -44,6 +45,7 @@ mod door;
 mod drain;
 mod handshake;
 mod http;
+pub mod logging;
 pub mod metrics;
 pub mod pacing;
 mod push;

@@ -159,14 +159,7 @@ fn main() -> ExitCode {
     let target = ebb_redis::cli::with_ca(args.redis.clone(), args.redis_ca.as_deref())
         .unwrap_or_else(|e| e.exit());
     let link = ebb_redis::Link::new(&target).unwrap_or_else(|e| usage(format!("--redis: {e}")));
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EBB_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    ebb_node::logging::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
